@@ -1,0 +1,25 @@
+"""lcfast: fast local complexity (LC) of deep networks.
+
+>>> import lcfast, torch
+>>> res = lcfast.local_complexity(model, x)          # doctest: +SKIP
+>>> print(res.summary())                             # doctest: +SKIP
+
+See DESIGN.md for the measure and the contract every backend serves.
+"""
+from .api import local_complexity
+from .engine import available_backends
+from .neighborhood import random_frames, shared_frame, vertices
+from .result import LCResult, Summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "local_complexity",
+    "LCResult",
+    "Summary",
+    "available_backends",
+    "random_frames",
+    "shared_frame",
+    "vertices",
+    "__version__",
+]

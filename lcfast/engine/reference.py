@@ -1,0 +1,52 @@
+"""The reference backend: the oracle every other backend is tested against.
+
+All ``N * 2P`` vertices go through the real model; at each site the crossing rule
+of DESIGN.md section 1.4 is evaluated with plain PyTorch, then the model's own
+activation call runs unchanged.  Readable on purpose; optimized backends never
+import this file.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..sites import SiteHandler
+from .base import Backend
+
+__all__ = ["crossing_counts", "ReferenceBackend"]
+
+
+def crossing_counts(pre: torch.Tensor, V: int) -> torch.Tensor:
+    """Crossed neurons of each vertex group.
+
+    Args:
+        pre: ``(n * V, *F)`` site values, the ``V`` vertices of each point contiguous.
+        V: vertices per point.
+
+    Returns:
+        ``LongTensor (n,)``: neurons ``j`` whose three-valued signs over the group are
+        not all equal, i.e. ``not (min > 0 or max < 0 or (min == 0 and max == 0))``.
+
+    Example:
+        >>> crossing_counts(torch.tensor([[1., -1.], [2., -1.]]), 2)
+        tensor([1])
+    """
+    n = pre.shape[0] // V
+    z = pre.reshape(n, V, -1)
+    mn = z.amin(dim=1)
+    mx = z.amax(dim=1)
+    same_sign = (mn > 0) | (mx < 0) | ((mn == 0) & (mx == 0))
+    return (~same_sign).sum(dim=1)
+
+
+class _ReferenceHandler(SiteHandler):
+    def count(self, pre, V):
+        return crossing_counts(pre, V)
+
+
+class ReferenceBackend(Backend):
+    """Naive backend: every vertex through the model, counts with PyTorch ops."""
+
+    name = "reference"
+
+    def handler(self):
+        return _ReferenceHandler()
