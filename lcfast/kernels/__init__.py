@@ -1,0 +1,1 @@
+"""@triton.jit kernels only (no launchers, no torch.library)."""

@@ -1,0 +1,1 @@
+"""Launchers and torch.library registrations, one op per file."""
