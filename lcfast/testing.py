@@ -40,7 +40,7 @@ class _MarginHandler(SiteHandler):
 
     def count(self, pre, V):
         n = pre.shape[0] // V
-        z = pre.reshape(n, V, -1)
+        z = pre.reshape(n, V, pre[0].numel() if n else 0)
         scale = z.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1.0)
         near = (z.abs() <= self.rel_tol * scale).any(dim=1)
         self.ambiguous.append(near.sum(1))

@@ -94,3 +94,8 @@ def small_vit(n_cls=10):
     from torchvision.models.vision_transformer import VisionTransformer
     return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=24,
                              mlp_dim=40, num_classes=n_cls)
+
+
+def copy_float64(model: nn.Module) -> nn.Module:
+    import copy
+    return copy.deepcopy(model).double()

@@ -7,6 +7,8 @@ import this file.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..sites import SiteHandler
@@ -31,7 +33,7 @@ def crossing_counts(pre: torch.Tensor, V: int) -> torch.Tensor:
         tensor([1])
     """
     n = pre.shape[0] // V
-    z = pre.reshape(n, V, -1)
+    z = pre.reshape(n, V, math.prod(pre.shape[1:]))
     mn = z.amin(dim=1)
     mx = z.amax(dim=1)
     same_sign = (mn > 0) | (mx < 0) | ((mn == 0) & (mx == 0))

@@ -1,0 +1,43 @@
+"""@triton.jit activation helpers shared by the crossing kernels (float32/float64 math).
+
+Activation codes (``ACT`` constexpr), the same table as
+:data:`lcfast.ops.triton_crossing_act.ACT_CODES`:
+0 identity, 1 relu, 2 leaky_relu, 3 gelu (erf), 4 gelu_tanh, 5 silu, 6 tanh, 7 sigmoid.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tanh(u):
+    # 1 - 2 / (exp(2u) + 1): saturates cleanly to +-1 (exp overflow -> inf -> 1).
+    return 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)
+
+
+@triton.jit
+def apply_act(z, slope, ACT: tl.constexpr):
+    """Elementwise activation of a float32 (or float64) block ``z`` (any shape)."""
+    if ACT == 1:
+        y = tl.where(z > 0, z, 0.0)
+    elif ACT == 2:
+        y = tl.where(z > 0, z, z * slope)
+    elif ACT == 3:
+        y = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    elif ACT == 4:
+        y = 0.5 * z * (1.0 + _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)))
+    elif ACT == 5:
+        y = z / (1.0 + tl.exp(-z))
+    elif ACT == 6:
+        y = _tanh(z)
+    elif ACT == 7:
+        y = 1.0 / (1.0 + tl.exp(-z))
+    else:
+        y = z
+    return y
+
+
+@triton.jit
+def crossed_mask(mn, mx):
+    """DESIGN.md 1.4: crossed = not (mn > 0 or mx < 0 or (mn == 0 and mx == 0))."""
+    same = (mn > 0) | (mx < 0) | ((mn == 0) & (mx == 0))
+    return ~same

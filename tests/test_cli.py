@@ -1,0 +1,41 @@
+import json
+import subprocess
+import sys
+
+import torch
+
+from lcfast.cli import main
+
+
+def test_measure_cli_writes_json_and_png(tmp_path, capsys):
+    out = tmp_path / "res.json"
+    rc = main(["measure", "--model", "resnet18", "--data", "images", "--points", "2", "--size", "64",
+               "--dirs", "3", "--out", str(out), "--backend", "reference", "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "layer1.0.relu#2" in text and "99% CI" in text and "total" in text
+    d = json.loads(out.read_text())
+    assert len(d["counts"]) == 2 and len(d["sites"]) == 17
+    png = tmp_path / "res.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_measure_module_attr_and_tensor_file(tmp_path):
+    x = torch.rand(3, 20)
+    torch.save(x, tmp_path / "x.pt")
+    out = tmp_path / "o.json"
+    rc = main(["--model", "zoo:mlp", "--data", str(tmp_path / "x.pt"), "--points", "3", "--dirs", "2",
+               "--radius", "0.1", "--out", str(out), "--no-progress", "--backend", "reference"])
+    assert rc == 0
+    assert len(json.loads(out.read_text())["counts"]) == 3
+
+
+def test_cli_error_is_clear(tmp_path, capsys):
+    rc = main(["measure", "--model", "no_such_model", "--out", str(tmp_path / "x.json")])
+    assert rc == 2
+    assert "unknown model" in capsys.readouterr().err
+
+
+def test_python_dash_m_help():
+    r = subprocess.run([sys.executable, "-m", "lcfast", "measure", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--radius" in r.stdout
