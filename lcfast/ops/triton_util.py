@@ -1,0 +1,82 @@
+"""Shared helpers of the Triton launchers (no op is registered here).
+
+Activation codes, layout checks and the rule that picks a kernel's tile sizes live
+here so that every ``triton_*`` op file uses the same ones.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["ACT_CODES", "act_code", "check_runnable", "dense_batch_major", "channel_div",
+           "epilogue_blocks", "SUPPORTED_DTYPES"]
+
+#: Activation name -> ``ACT`` constexpr of :func:`lcfast.kernels.triton_act.apply_act`.
+ACT_CODES = {
+    "identity": 0, "relu": 1, "leaky_relu": 2, "gelu": 3, "gelu_tanh": 4,
+    "silu": 5, "tanh": 6, "sigmoid": 7,
+}
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def act_code(act: str) -> int:
+    try:
+        return ACT_CODES[act]
+    except KeyError:
+        raise ValueError(f"act must be one of {sorted(ACT_CODES)}, got {act!r}") from None
+
+
+def check_runnable(kernel, t: torch.Tensor) -> None:
+    """Raise a clear error when ``kernel`` cannot run on ``t``'s device.
+
+    Triton decides at *import* time whether ``@triton.jit`` builds a compiled
+    kernel or an interpreted one (``TRITON_INTERPRET=1``); CPU tensors need the
+    interpreted kind."""
+    if t.device.type == "cuda":
+        return
+    if t.device.type == "cpu":
+        from triton.runtime.interpreter import InterpretedFunction
+        if isinstance(kernel, InterpretedFunction):
+            return
+        raise RuntimeError(
+            "lcfast Triton kernels run on CPU tensors only under the Triton interpreter: set "
+            "TRITON_INTERPRET=1 before lcfast's Triton kernels are first imported")
+    raise RuntimeError(f"lcfast Triton kernels do not run on device {t.device}")
+
+
+def dense_batch_major(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``(t', channels_last)``: ``t`` itself when its rows (dim 0) are dense blocks of
+    ``numel/rows`` elements (contiguous or channels-last), else a contiguous copy."""
+    if t.is_contiguous():
+        return t, False
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t, True
+    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return t, True
+    return t.contiguous(), False
+
+
+def channel_div(t: torch.Tensor, channels_last: bool) -> int:
+    """Elements between consecutive channels (dim 1) in memory order: ``prod(shape[2:])``
+    for contiguous tensors, ``1`` for channels-last or 2-D ``(M, C)``."""
+    if channels_last or t.dim() <= 2:
+        return 1
+    return math.prod(t.shape[2:])
+
+
+def epilogue_blocks(V: int, F: int) -> tuple[int, int]:
+    """``(VB, BLOCK_F)`` of the crossing epilogue.
+
+    ``VB = min(next_pow2(V), 64)`` vertex rows per slab (one slab for P <= 32) and
+    ``BLOCK_F`` neurons so a slab is ~4096 elements (16 fp32 per thread at 8 warps,
+    contiguous along F for coalescing), clamped to [16, 512] and to ``next_pow2(F)``.
+    Reasoned from register pressure and coalescing, *not measured*: tune on the GPU
+    with ``benchmarks/gpu_triton_check.py`` (it reports achieved GB/s vs a copy).
+    """
+    vp = 1 << max(0, (V - 1).bit_length())
+    vb = min(vp, 64)
+    bf = max(16, min(512, 4096 // vb))
+    fp = 1 << max(0, (max(F, 1) - 1).bit_length())
+    return vb, max(16, min(bf, fp))
