@@ -12,3 +12,5 @@ fi
 $PY -m pip install -q ninja >/dev/null 2>&1 || true
 # --no-build-isolation: the C++ extension builds against the torch installed above.
 $PY -m pip install -q --no-build-isolation -e ".[test]"
+# Offline MNIST for `--data mnist`, the benchmarks and `lcfast grok` (quick if present).
+bash scripts/fetch_data.sh
