@@ -10,11 +10,13 @@ from .api import local_complexity
 from .engine import available_backends
 from .neighborhood import random_frames, shared_frame, vertices
 from .result import LCResult, Summary
+from .scale import measure_dataset
 
 __version__ = "0.1.0"
 
 __all__ = [
     "local_complexity",
+    "measure_dataset",
     "LCResult",
     "Summary",
     "available_backends",
