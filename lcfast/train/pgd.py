@@ -30,9 +30,9 @@ def _eps_list(eps) -> list[float]:
     return out
 
 
-def _check_xy(x, y, name_x="x", name_y="y"):
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
-        raise TypeError(f"{name_x} must be a floating tensor of shape (N, *S)")
+def _check_xy(x, y, name_x="x", name_y="y", floating=True):
+    if not isinstance(x, torch.Tensor) or (floating and not x.is_floating_point()) or x.dim() < 1:
+        raise TypeError(f"{name_x} must be a {'floating ' if floating else ''}tensor of shape (N, *S)")
     if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"{name_y} must be an integer tensor of shape ({x.shape[0]},), got "
                          f"{tuple(getattr(y, 'shape', ()))}")
@@ -119,8 +119,9 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> float:
-    """Fraction of ``x`` ``(N, *S)`` classified as ``y`` ``(N,)`` in eval mode (mode restored)."""
-    _check_xy(x, y)
+    """Fraction of ``x`` ``(N, *S)`` (any dtype the model takes) classified as ``y`` ``(N,)``,
+    in eval mode (mode restored)."""
+    _check_xy(x, y, floating=False)
     if x.shape[0] == 0:
         return math.nan
     modes = [(m, m.training) for m in model.modules()]
