@@ -41,3 +41,23 @@ def crossed_mask(mn, mx):
     """DESIGN.md 1.4: crossed = not (mn > 0 or mx < 0 or (mn == 0 and mx == 0))."""
     same = (mn > 0) | (mx < 0) | ((mn == 0) & (mx == 0))
     return ~same
+
+
+@triton.jit
+def to_out(y, DT: tl.constexpr):
+    """Cast float32 ``y`` to the output dtype ``DT`` with round-to-nearest-even.
+
+    bfloat16 is rounded by hand (add ``0x7FFF + lsb`` to the float32 bits, keep the
+    top half): the Triton 3.8 interpreter truncates fp32 -> bf16 casts even with
+    ``fp_downcast_rounding="rtne"``, and the same integer sequence on the GPU gives
+    the result PyTorch's rounding gives, so CPU tests check the GPU code path.
+    NaNs keep the native cast (the carry could turn a NaN payload into inf).
+    """
+    if DT == tl.bfloat16:
+        bits = y.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        r = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        out = tl.where(y != y, y.to(tl.bfloat16), r)
+    else:
+        out = y.to(DT)
+    return out

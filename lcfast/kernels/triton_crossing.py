@@ -18,7 +18,7 @@ All offsets are int64.
 import triton
 import triton.language as tl
 
-from .triton_act import apply_act, crossed_mask
+from .triton_act import apply_act, crossed_mask, to_out
 
 
 @triton.jit
@@ -54,6 +54,6 @@ def crossing_epilogue_kernel(
         mx = tl.maximum(mx, tl.max(tl.where(m, z, float("-inf")), axis=0))
         if STORE:
             y = apply_act(z, slope, ACT)
-            tl.store(out_ptr + off, y.to(out_ptr.dtype.element_ty), mask=m)
+            tl.store(out_ptr + off, to_out(y, out_ptr.dtype.element_ty), mask=m)
     crossed = crossed_mask(mn, mx) & cmask
     tl.atomic_add(counts_ptr + g, tl.sum(crossed.to(tl.int64), axis=0))

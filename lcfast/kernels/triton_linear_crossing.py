@@ -25,12 +25,13 @@ than MMA-bound, which is why padding was chosen; this is reasoned, not measured
 reports the fused GEMM against ``F.linear`` + epilogue to check it.
 
 float32 inputs use ``input_precision="ieee"`` (no TF32, DESIGN.md section 4);
-bf16/fp16 inputs accumulate in float32.  Offsets are int64.
+bf16/fp16 inputs accumulate in float32.  Offsets are int64.  ``UPCAST`` is set only
+under the Triton interpreter for bf16 (see the comment at the dot).
 """
 import triton
 import triton.language as tl
 
-from .triton_act import apply_act, crossed_mask
+from .triton_act import apply_act, crossed_mask, to_out
 
 
 @triton.jit
@@ -41,6 +42,7 @@ def linear_crossing_kernel(
     V: tl.constexpr, VP: tl.constexpr, G: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr,
     HAS_BIAS: tl.constexpr, COUNT: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = G * VP
     pid_m = tl.program_id(0).to(tl.int64)
@@ -62,6 +64,13 @@ def linear_crossing_kernel(
                     mask=rvalid[:, None] & kvalid[None, :], other=0.0)
         b = tl.load(w_ptr + cols[None, :] * stride_wn + ks[:, None] * stride_wk,
                     mask=kvalid[:, None] & cvalid[None, :], other=0.0)
+        if UPCAST:
+            # Triton 3.8 interpreter only: it multiplies bf16 operands as their raw
+            # uint16 bits.  bf16 x bf16 products are exact in fp32, so this computes
+            # what the GPU's bf16 MMA with fp32 accumulation computes, up to the
+            # order of the sum.
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc = acc + tl.load(b_ptr + cols, mask=cvalid, other=0.0).to(tl.float32)[None, :]
@@ -78,5 +87,5 @@ def linear_crossing_kernel(
         tl.atomic_add(counts_ptr + gi // T, cnt, mask=gi < n_groups)
 
     y = apply_act(acc, slope, ACT)
-    tl.store(out_ptr + row[:, None] * NOUT + cols[None, :], y.to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + row[:, None] * NOUT + cols[None, :], to_out(y, out_ptr.dtype.element_ty),
              mask=rvalid[:, None] & cvalid[None, :])

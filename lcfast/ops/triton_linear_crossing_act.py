@@ -66,6 +66,7 @@ def launch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if M == 0 or NOUT == 0:
         return out, counts
     t = linear_tiles(V, K, NOUT)
+    upcast = x.dtype == torch.bfloat16 and x.device.type == "cpu"  # interpreter bf16 dot bug
     n_groups = n * T
     grid = (triton.cdiv(n_groups, t["G"]), triton.cdiv(NOUT, t["BLOCK_N"]))
     wrap(linear_crossing_kernel)[grid](
@@ -74,7 +75,8 @@ def launch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), float(slope),
         V=V, VP=t["VP"], G=t["G"], BLOCK_N=t["BLOCK_N"], BLOCK_K=t["BLOCK_K"], ACT=act_code(act),
         HAS_BIAS=bias is not None, COUNT=count,
-        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if (x.dtype == torch.float32 or upcast) else "tf32",
+        UPCAST=upcast,
         num_warps=4,
     )
     return out, counts
