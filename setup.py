@@ -23,7 +23,7 @@ def _extensions():
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
 
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx = ["-O3", "-fopenmp", "-std=c++20"]
     ldflags = ["-fopenmp"]
     cu = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     use_cuda = (
