@@ -21,7 +21,7 @@ def _grok(args) -> int:
                      n_logs=args.n_logs, device=args.device, backend=args.backend, data_root=args.data_root,
                      radius=args.radius, n_dirs=args.n_dirs, optimizer=args.optimizer,
                      weight_decay=args.weight_decay, lr=args.lr, loss=args.loss,
-                     train_threads=args.train_threads)
+                     train_threads=args.train_threads, threads=args.threads)
     except ValueError as e:
         print(f"lcfast grok: {e}", file=sys.stderr)
         return 2
@@ -80,7 +80,8 @@ def add_parsers(subparsers) -> None:
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--loss", choices=["ce", "mse"])
     g.add_argument("--device", help="e.g. cpu, cuda")
-    g.add_argument("--train-threads", type=int, help="CPU threads for the training steps (LC uses all)")
+    g.add_argument("--threads", type=int, help="CPU threads for the whole run (default: torch's)")
+    g.add_argument("--train-threads", type=int, help="CPU threads for the training steps only")
     g.add_argument("--backend", help="LC backend (default auto)")
     g.add_argument("--data-root", help="local MNIST folder (raw IDX files)")
     g.add_argument("--no-plot", action="store_true")

@@ -387,6 +387,7 @@ class LCTracker:
                     res = local_complexity(self.lc_model, xin.detach(), radius=r, n_dirs=self.n_dirs, seed=self.seed,
                                            ids=self.ids[name], directions=frames, sites=self.sites,
                                            backend=self.backend, dtype=self.dtype, chunk_size=self.chunk_size)
+                    rec.setdefault("lc_backend", res.meta.get("backend"))
                     rows = res.summary().rows
                     tot = rows[-1]
                     per_r[_fmt(r)] = dict(mean=tot["mean"], ci_low=tot["ci_low"], ci_high=tot["ci_high"],
