@@ -54,6 +54,7 @@ def pytest_generate_tests(metafunc):
     config = metafunc.config
     device, size = _device(config), _size(config)
     workloads = bench.load_workloads(None, size)
+    order = {name: i for i, name in enumerate(workloads)}  # file order, also when filtered
     only = config.getoption("--lc-workloads")
     if only:
         names = [s.strip() for s in only.split(",") if s.strip()]
@@ -66,8 +67,11 @@ def pytest_generate_tests(metafunc):
     baselines = tuple(b for b in bench.BASELINES if not (b == "torch.compile" and config.getoption("--lc-no-compile")))
     # discovered now, at run time: a backend that landed since the last run is included
     methods = bench.available_methods(device, backends, baselines)
+    for b, why in bench.excluded_backends(device).items():
+        _STATE["skipped"].append({"workload": "all", "method": b, "reason": why})
     cases, ids = [], []
-    for wi, (name, w) in enumerate(workloads.items()):
+    for name, w in workloads.items():
+        wi = order[name]
         if w.n == 0:
             _STATE["skipped"].append({"workload": name, "reason": w.skip})
             cases.append(pytest.param((w, None, (wi, 0)), marks=pytest.mark.skip(reason=f"{name}: {w.skip}")))

@@ -302,11 +302,24 @@ class Method:
         return out
 
 
+INTERPRETER_ONLY = ("available on the CPU only through the Triton interpreter (TRITON_INTERPRET=1), "
+                    "a correctness tool: not timed")
+
+
+def excluded_backends(device: torch.device | str) -> dict[str, str]:
+    """Backends that report available on ``device`` but are not benchmarked, with why."""
+    if torch.device(device).type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        return {"triton": INTERPRETER_ONLY}
+    return {}
+
+
 def available_methods(device: torch.device | str, backends=None, baselines=BASELINES) -> list[str]:
     """The baselines, then every lcfast backend available on ``device`` (other than the
-    reference, which is a baseline), optionally restricted to ``backends``."""
+    reference, which is a baseline, and :func:`excluded_backends`), optionally
+    restricted to ``backends``."""
     from .engine import available_backends
-    avail = [b for b in available_backends(torch.device(device)) if b != "reference"]
+    skip = excluded_backends(device)
+    avail = [b for b in available_backends(torch.device(device)) if b != "reference" and b not in skip]
     if backends is not None:
         unknown = [b for b in backends if b not in avail and b != "reference"]
         if unknown:
@@ -748,7 +761,8 @@ def run_workloads(names, device, size=None, backends=None, baselines=BASELINES, 
         raise ValueError(f"--workload: unknown {unknown}; known: {list(all_w)}")
     cond = conditions(device, size)
     methods = available_methods(device, backends, baselines)
-    benches, failures, skipped = [], [], []
+    benches, failures = [], []
+    skipped = [{"workload": "all", "method": b, "reason": why} for b, why in excluded_backends(device).items()]
     for wi, name in enumerate(names):
         w = all_w[name]
         if n is not None:
