@@ -73,33 +73,34 @@ crossing_kernel(const scalar_t* __restrict__ in, scalar_t* out, int64_t n, int64
   }
 }
 
+template <typename scalar_t, int ACT, bool WRITE>
+void launch_one(const at::Tensor& src, const at::Tensor& out, const Geometry& g, double slope,
+                const at::Tensor& counts) {
+  const int64_t tiles = (g.F + kThreads - 1) / kThreads;
+  const int blocks = static_cast<int>(std::min<int64_t>(g.n * tiles, kMaxBlocks));
+  crossing_kernel<scalar_t, ACT, WRITE><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      src.const_data_ptr<scalar_t>(), WRITE ? out.data_ptr<scalar_t>() : nullptr, g.n, g.V, g.F, tiles,
+      static_cast<at::opmath_type<scalar_t>>(slope),
+      reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <bool WRITE>
 void launch(const at::Tensor& src, const at::Tensor& out, const Geometry& g, Act act, double slope,
             const at::Tensor& counts) {
   if (g.n == 0 || g.F == 0) return;
-  const int64_t tiles = (g.F + kThreads - 1) / kThreads;
-  const int blocks = static_cast<int>(std::min<int64_t>(g.n * tiles, kMaxBlocks));
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  auto* cp = reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, src.scalar_type(), "lcfast_crossing_act_cuda", [&] {
-    const scalar_t* in = src.const_data_ptr<scalar_t>();
-    scalar_t* o = WRITE ? out.data_ptr<scalar_t>() : nullptr;
-    const auto s = static_cast<at::opmath_type<scalar_t>>(slope);
-#define LCFAST_LAUNCH(A, W) \
-  crossing_kernel<scalar_t, A, W><<<blocks, kThreads, 0, stream>>>(in, o, g.n, g.V, g.F, tiles, s, cp)
     if constexpr (!WRITE) {
-      LCFAST_LAUNCH(kIdentity, false);
+      launch_one<scalar_t, kIdentity, false>(src, out, g, slope, counts);
     } else {
       switch (act) {
-        case kIdentity: LCFAST_LAUNCH(kIdentity, true); break;
-        case kRelu: LCFAST_LAUNCH(kRelu, true); break;
-        case kLeakyRelu: LCFAST_LAUNCH(kLeakyRelu, true); break;
-        case kGelu: LCFAST_LAUNCH(kGelu, true); break;
-        case kGeluTanh: LCFAST_LAUNCH(kGeluTanh, true); break;
+        case kIdentity: launch_one<scalar_t, kIdentity, true>(src, out, g, slope, counts); break;
+        case kRelu: launch_one<scalar_t, kRelu, true>(src, out, g, slope, counts); break;
+        case kLeakyRelu: launch_one<scalar_t, kLeakyRelu, true>(src, out, g, slope, counts); break;
+        case kGelu: launch_one<scalar_t, kGelu, true>(src, out, g, slope, counts); break;
+        case kGeluTanh: launch_one<scalar_t, kGeluTanh, true>(src, out, g, slope, counts); break;
       }
     }
-#undef LCFAST_LAUNCH
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
