@@ -111,8 +111,11 @@ def plan_sequential(seq: nn.Sequential) -> list[tuple] | None:
 class FuseContext:
     """What the fused forwards need: the interceptor (naming, recording) and ``V``."""
 
-    def __init__(self, icpt, V: int):
+    def __init__(self, icpt, V: int, bn_cache: dict | None = None):
         self.icpt, self.V = icpt, V
+        #: folded (scale, shift) per BN module; the backend keeps it across the chunks
+        #: of one measurement (weights do not change during it)
+        self.bn_cache = {} if bn_cache is None else bn_cache
         #: fused steps that ran, by kind ("linear_act", "mlp", "bn_act", "bn_add_act")
         self.stats: dict[str, int] = {}
         from ..ops.triton_linear_crossing_act import MAX_FUSED_V
@@ -166,8 +169,13 @@ class FuseContext:
             if residual is not None:
                 y = y + residual
             return act(y)
-        from ..ops.triton_bn_crossing_act import fold_bn
-        scale, shift = fold_bn(bn)
+        key = tuple((t.data_ptr(), t._version) for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias)
+                    if t is not None)
+        hit = self.bn_cache.get(bn)
+        if hit is None or hit[0] != key:
+            from ..ops.triton_bn_crossing_act import fold_bn
+            hit = self.bn_cache[bn] = (key, fold_bn(bn))
+        scale, shift = hit[1]
         out, counts = torch.ops.lcfast.triton_bn_crossing_act(x, self.V, scale, shift, residual, spec[0], spec[1])
         self._site(act, out, counts, "bn_act" if residual is None else "bn_add_act")
         return out

@@ -75,6 +75,7 @@ class TritonBackend(Backend):
         self.fuse_blocks = fuse_blocks
         #: fused steps of the last chunk, by kind (diagnostics; empty when none ran)
         self.last_fused: dict[str, int] = {}
+        self._bn_cache: dict = {}
 
     @classmethod
     def unavailable(cls, device: torch.device) -> str | None:
@@ -112,7 +113,7 @@ class TritonBackend(Backend):
         icpt = self.interceptor(model, spec, n * V, V)
         with icpt:
             if self.fuse_blocks and spec.activations:
-                ctx = FuseContext(icpt, V)
+                ctx = FuseContext(icpt, V, self._bn_cache)
                 with fused_forwards(model, ctx):
                     model(v)
                 self.last_fused = dict(ctx.stats)
