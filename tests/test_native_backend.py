@@ -1,0 +1,134 @@
+"""backend="native" against the reference backend on the shared zoo models: identical
+counts at float32 and float64 (the antisymmetric first layer included)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import lcfast
+from lcfast import _native
+
+import zoo
+
+pytestmark = pytest.mark.skipif(not _native.available(), reason=f"lcfast._C not built: {_native.ERROR}")
+
+MODELS = {
+    "mlp": (zoo.mlp, (23, 20)),
+    "mlp_leaky": (lambda: zoo.mlp(act=lambda: nn.LeakyReLU(0.2)), (17, 20)),
+    "cnn": (zoo.cnn, (9, 3, 16, 16)),
+    "functional_net": (zoo.functional_net, (19, 10)),
+    "resnet18": (zoo.resnet18, (2, 3, 32, 32)),
+    "small_vit": (zoo.small_vit, (3, 3, 32, 32)),
+}
+
+
+def _both(model, x, **kw):
+    a = lcfast.local_complexity(model, x, backend="reference", **kw)
+    b = lcfast.local_complexity(model, x, backend="native", **kw)
+    assert b.meta["backend"] == "native"
+    assert a.sites == b.sites and torch.equal(a.neurons, b.neurons)
+    return a, b
+
+
+@pytest.fixture
+def count_antisym(monkeypatch):
+    """Counts the affine calls evaluated antisymmetrically (proves the path ran)."""
+    import lcfast.engine.native as nat
+    hits = []
+    orig = nat._FirstAffine.__call__
+
+    def wrapped(self, *a, **k):
+        hits.append(a[0])
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(nat._FirstAffine, "__call__", wrapped)
+    return hits
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_native_equals_reference(name, dtype, count_antisym):
+    make, shape = MODELS[name]
+    model = make()
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(7))
+    total = 0
+    # radii from "almost nothing crossed" to "most neurons crossed"
+    for radius, P in ((1e-3, 3), (0.05, 7), (1.0, 2)):
+        a, b = _both(model, x, radius=radius, n_dirs=P, dtype=dtype)
+        assert torch.equal(a.counts, b.counts), (radius, (a.counts - b.counts).abs().sum())
+        total += int(a.counts.sum())
+    assert total > 0  # the comparison saw crossings
+    assert count_antisym, "the first affine layer was not evaluated antisymmetrically"
+
+
+def test_chunks_shared_directions_and_module_sites(count_antisym):
+    model = zoo.cnn()
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    d = lcfast.shared_frame((3, 16, 16), 4, seed=1)
+    a, b = _both(model, x, radius=0.1, directions=d, chunk_size=2)
+    assert torch.equal(a.counts, b.counts)
+    a, b = _both(model, x, radius=0.1, n_dirs=3, sites=[nn.Conv2d, "8"])
+    assert torch.equal(a.counts, b.counts) and a.counts.sum() > 0
+    a, b = _both(model, x[:0], radius=0.1, n_dirs=3)
+    assert b.counts.shape == (0, len(a.sites))
+
+
+def test_fallback_paths():
+    """Batch not in dim 0, SiLU ("count then call"), bfloat16, an in-place activation
+    on the input, and an input the model rescales before its first layer."""
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(6, 9)
+            self.b = nn.Linear(9, 9)
+
+        def forward(self, x):
+            h = self.a(x * 2.0)                     # first affine sees x*2, not the vertices
+            h = torch.relu(h.t()).t()               # batch in dim 1 at the site
+            h = nn.functional.silu(self.b(h))
+            return torch.relu_(h)
+
+    torch.manual_seed(0)
+    model = Odd()
+    x = torch.randn(11, 6)
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = _both(model, x, radius=0.3, n_dirs=4, dtype=dtype)
+        assert torch.equal(a.counts, b.counts)
+
+
+def test_model_left_as_found():
+    model = zoo.resnet18()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lcfast.local_complexity(model, torch.randn(1, 3, 32, 32), radius=0.01, n_dirs=2, backend="native")
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_missing_extension_is_reported():
+    code = """
+import os
+os.environ["LCFAST_DISABLE_NATIVE"] = "1"
+import torch, lcfast
+assert "native" not in lcfast.available_backends()
+try:
+    lcfast.local_complexity(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU()), torch.randn(2, 2),
+                            n_dirs=2, backend="native")
+except RuntimeError as e:
+    assert "native" in str(e) and "LCFAST_DISABLE_NATIVE" in str(e), e
+else:
+    raise AssertionError("no error")
+res = lcfast.local_complexity(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU()), torch.randn(2, 2), n_dirs=2)
+assert res.meta["backend"] == "reference"
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_auto_picks_native_on_cpu():
+    res = lcfast.local_complexity(zoo.mlp(), torch.randn(2, 20), n_dirs=2)
+    assert res.meta["backend"] == "native"
