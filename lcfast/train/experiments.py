@@ -91,11 +91,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mnist-mlp/quick": dict(task="mnist-mlp", steps=4000, n_logs=25, train_threads=1),
     "modadd-transformer": dict(task="modadd-transformer", steps=20_000, batch_size=0, lr=1e-3, weight_decay=1.0,
                                betas=(0.9, 0.98), modulus=97, train_frac=0.3, n_lc=500, n_random=500,
-                               radius=0.005, n_dirs=25, n_logs=80, adv_eps=(), ckpt_every=2000),
-    "modadd-transformer/quick": dict(task="modadd-transformer", steps=3000, batch_size=0, lr=3e-3,
-                                     weight_decay=1.0, betas=(0.9, 0.98), modulus=59, train_frac=0.5,
-                                     d_model=64, d_mlp=256, n_lc=200, n_random=200, radius=0.005, n_dirs=10,
-                                     n_logs=25, adv_eps=(), ckpt_every=1000),
+                               radius=0.005, n_dirs=25, n_logs=80, adv_eps=(), ckpt_every=2000, train_threads=1),
+    # a + b mod 31 with half of the pairs, d 32, lr 1e-2: memorised by step ~250,
+    # test accuracy 1.0 by ~1,500 (measured: 30 s of training on 1 busy core)
+    "modadd-transformer/quick": dict(task="modadd-transformer", steps=3000, batch_size=0, lr=1e-2,
+                                     weight_decay=1.0, betas=(0.9, 0.98), modulus=31, train_frac=0.5,
+                                     d_model=32, d_mlp=128, n_lc=None, n_random=480, radius=0.02,
+                                     extra_radii=(0.005,), n_dirs=25, n_logs=30, adv_eps=(), ckpt_every=1000,
+                                     train_threads=1),
 }
 
 
