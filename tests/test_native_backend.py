@@ -39,13 +39,13 @@ def count_antisym(monkeypatch):
     """Counts the affine calls evaluated antisymmetrically (proves the path ran)."""
     import lcfast.engine.native as nat
     hits = []
-    orig = nat._FirstAffine.__call__
+    orig = nat._Vertices.affine
 
     def wrapped(self, *a, **k):
         hits.append(a[0])
         return orig(self, *a, **k)
 
-    monkeypatch.setattr(nat._FirstAffine, "__call__", wrapped)
+    monkeypatch.setattr(nat._Vertices, "affine", wrapped)
     return hits
 
 
@@ -99,6 +99,41 @@ def test_fallback_paths():
     for dtype in (torch.float32, torch.bfloat16):
         a, b = _both(model, x, radius=0.3, n_dirs=4, dtype=dtype)
         assert torch.equal(a.counts, b.counts)
+
+
+class _Readers(nn.Module):
+    """Reads its input in the ways the lazy vertex batch must notice."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+        self.lin = nn.Linear(2 * 3 * 4, 7)
+        self.lin2 = nn.Linear(7, 5)
+
+    def forward(self, x):  # x: (B, 2, 3, 4)
+        if self.mode == "flatten":       # view, then affine: never filled
+            h = self.lin(x.flatten(1))
+        elif self.mode == "copy_reshape":  # transpose + reshape copies: must fill
+            h = self.lin(x.transpose(2, 3).reshape(x.shape[0], -1))
+        elif self.mode == "after_affine":  # affine first, then a read of the input
+            h = self.lin(x.reshape(x.shape[0], -1)) + x.sum((1, 2, 3), keepdim=True)
+        else:                              # an in-place write on the input first
+            h = self.lin(x.mul_(3.0).flatten(1))
+        return self.lin2(torch.relu(h))
+
+
+@pytest.mark.parametrize("mode", ["flatten", "copy_reshape", "after_affine", "inplace"])
+def test_lazy_vertices_filled_when_read(mode, monkeypatch):
+    import lcfast.engine.native as nat
+    fills = []
+    orig = nat._Vertices.fill
+    monkeypatch.setattr(nat._Vertices, "fill", lambda self: (fills.append(self.filled), orig(self)))
+    torch.manual_seed(1)
+    model = _Readers(mode)
+    x = torch.randn(6, 2, 3, 4)
+    a, b = _both(model, x, radius=0.4, n_dirs=5)
+    assert torch.equal(a.counts, b.counts) and a.counts.sum() > 0
+    assert (False in fills) == (mode != "flatten")  # the values were written iff read
 
 
 def test_model_left_as_found():
