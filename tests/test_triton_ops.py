@@ -302,3 +302,25 @@ def test_native_contract_shape():
     schema = str(ops.triton_crossing_act.default._schema)
     assert "Tensor pre, SymInt V, str act, float slope" in schema or "Tensor pre, int V, str act, float slope" in schema
     assert schema.endswith("-> (Tensor, Tensor)")
+
+
+def test_kernels_run_when_triton_was_imported_first():
+    """torchvision imports triton; if that happens before TRITON_INTERPRET=1 is set,
+    the standard-library jit helpers are compiled-mode functions.  Our kernels must
+    still run under the interpreter (they use builtins and tl.reduce only)."""
+    import subprocess
+    import sys
+    code = (
+        "import os; os.environ.pop('TRITON_INTERPRET', None)\n"
+        "import triton, torchvision, torch\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "import lcfast.ops.triton_crossing_act, lcfast.ops.triton_linear_crossing_act\n"
+        "x = torch.randn(12, 7)\n"
+        "o, c = torch.ops.lcfast.triton_crossing_act(x, 6, 'relu', 0.0)\n"
+        "assert torch.equal(o, x.relu())\n"
+        "o, c2 = torch.ops.lcfast.triton_linear_crossing_act(x, torch.eye(7), None, 6, 1, 'relu', 0.0)\n"
+        "assert torch.equal(c, c2), (c, c2)\n"
+        "print('ok')\n")
+    env = dict(os.environ)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

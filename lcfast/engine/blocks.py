@@ -132,10 +132,12 @@ class FuseContext:
 
     # -- Linear -> act ------------------------------------------------------
     def _gemm_ok(self, x, *lins) -> bool:
+        """The fused GEMM handles ``x`` ``(rows, *T, K)`` in float32/bf16/fp16 with
+        weights of the same dtype and device, and ``V <= MAX_FUSED_V``."""
         return (self._batch(x) and x.dtype in _GEMM_DTYPES and self.V <= self.max_v
+                and x.shape[-1] == lins[0].in_features
                 and all(lin.weight.dtype == x.dtype and lin.weight.device == x.device
-                        and x.shape[-1] == lin.in_features for lin in lins[:1])
-                and all(lin.weight.dtype == x.dtype for lin in lins))
+                        and (lin.bias is None or lin.bias.dtype == x.dtype) for lin in lins))
 
     def linear_act(self, lin: nn.Linear, act: nn.Module, x):
         if not self._gemm_ok(x, lin):

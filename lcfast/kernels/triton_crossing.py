@@ -18,7 +18,7 @@ All offsets are int64.
 import triton
 import triton.language as tl
 
-from .triton_act import apply_act, crossed_mask, to_out
+from .triton_act import apply_act, crossed_mask, rmax, rmin, rsum, to_out
 
 
 @triton.jit
@@ -50,10 +50,10 @@ def crossing_epilogue_kernel(
             z = z * sc[None, :] + sh[None, :]
         if RESIDUAL:
             z = z + tl.load(res_ptr + off, mask=m, other=0.0).to(cdt)
-        mn = tl.minimum(mn, tl.min(tl.where(m, z, float("inf")), axis=0))
-        mx = tl.maximum(mx, tl.max(tl.where(m, z, float("-inf")), axis=0))
+        mn = tl.minimum(mn, rmin(tl.where(m, z, float("inf")), axis=0))
+        mx = tl.maximum(mx, rmax(tl.where(m, z, float("-inf")), axis=0))
         if STORE:
             y = apply_act(z, slope, ACT)
             tl.store(out_ptr + off, to_out(y, out_ptr.dtype.element_ty), mask=m)
     crossed = crossed_mask(mn, mx) & cmask
-    tl.atomic_add(counts_ptr + g, tl.sum(crossed.to(tl.int64), axis=0))
+    tl.atomic_add(counts_ptr + g, rsum(crossed.to(tl.int64), axis=0))

@@ -31,7 +31,7 @@ under the Triton interpreter for bf16 (see the comment at the dot).
 import triton
 import triton.language as tl
 
-from .triton_act import apply_act, crossed_mask, to_out
+from .triton_act import apply_act, crossed_mask, rmax, rmin, rsum, to_out
 
 
 @triton.jit
@@ -56,7 +56,7 @@ def linear_crossing_kernel(
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cvalid = cols < NOUT
 
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         kvalid = ks < K
@@ -79,10 +79,10 @@ def linear_crossing_kernel(
         valid = rvalid[:, None] & cvalid[None, :]
         z3 = tl.reshape(acc, [G, VP, BLOCK_N])
         v3 = tl.reshape(valid, [G, VP, BLOCK_N])
-        mn = tl.min(tl.where(v3, z3, float("inf")), axis=1)
-        mx = tl.max(tl.where(v3, z3, float("-inf")), axis=1)
+        mn = rmin(tl.where(v3, z3, float("inf")), axis=1)
+        mx = rmax(tl.where(v3, z3, float("-inf")), axis=1)
         crossed = crossed_mask(mn, mx) & cvalid[None, :]
-        cnt = tl.sum(crossed.to(tl.int64), axis=1)
+        cnt = rsum(crossed.to(tl.int64), axis=1)
         gi = pid_m * G + tl.arange(0, G)
         tl.atomic_add(counts_ptr + gi // T, cnt, mask=gi < n_groups)
 

@@ -2,6 +2,29 @@
 
 Activation codes, layout checks and the rule that picks a kernel's tile sizes live
 here so that every ``triton_*`` op file uses the same ones.
+
+Tuning constants and their status (the session that wrote these kernels had no
+GPU; every constant below is *reasoned, not measured*, and
+``benchmarks/gpu_triton_check.py`` sweeps the alternatives so they can be set
+from a real run):
+
+=====================  =========================  ==========================================
+constant               value                      reason
+=====================  =========================  ==========================================
+epilogue ``VB``        ``min(next_pow2(V), 64)``  one slab for P <= 32 (V = 50 -> 64 rows);
+                                                  masked padding rows move no bytes
+epilogue ``BLOCK_F``   ``4096 // VB`` in [16,512] ~4096 elements per program: 16 fp32 per
+                                                  thread at 8 warps, coalesced along F
+epilogue warps         8 (4 for small tiles)      enough loads in flight for a pure
+                                                  streaming kernel
+GEMM ``BLOCK_M``       ``G * next_pow2(V)``, 64   whole vertex groups per tile (see
+                                                  kernels/triton_linear_crossing.py)
+GEMM ``BLOCK_N``       <= 64                      64x64 fp32 accumulator = 32 regs/thread
+GEMM ``BLOCK_K``       <= 32                      2 x (64x32) operand tiles in registers
+GEMM warps             4                          standard for 64x64 tiles
+``MAX_FUSED_V``        128                        largest padded group in one tile; above
+                                                  it: F.linear + epilogue
+=====================  =========================  ==========================================
 """
 from __future__ import annotations
 
