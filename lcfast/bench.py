@@ -554,7 +554,15 @@ def prepare_method(p: Prepared, name: str) -> Method:
         run, first = _torch_compile(p, info)
     elif name == "paper":
         run = _paper_method(p)
-        exact = True  # same model, same vertex batch per chunk: same pre-activations
+        # Same model, same vertex batch per chunk: the same pre-activations, so the
+        # counts must be bit-identical -- except where a module picks another kernel
+        # under the engine's TorchFunctionMode: nn.MultiheadAttention takes its fused
+        # fast path only when no mode is active (measured on a 2-layer torchvision ViT:
+        # GELU inputs differ by up to 1.3e-6), so there the float64 rule applies.
+        mha = any(isinstance(m, nn.MultiheadAttention) for m in p.model.modules())
+        exact = not mha
+        if mha:
+            info["exact_waived"] = "nn.MultiheadAttention fast path runs only outside the engine's TorchFunctionMode"
         t0 = time.perf_counter()
         first = run()
         info["first_call_s"] = time.perf_counter() - t0
@@ -698,6 +706,9 @@ def format_report(data: dict) -> str:
         check = e.get("check", "")
         if e.get("ambiguous_fraction") is not None:
             check += f" (ambiguous {e['ambiguous_fraction']:.2%})"
+        if rounds == 0:  # --check-only: nothing was timed
+            lines.append(f"| {e['workload']} | {e['n']} | {e['method']} | not timed | - | - | - | - | {check} |")
+            continue
         lines.append(
             f"| {e['workload']} | {e['n']} | {e['method']} | {_fmt_s(med)} ({rounds}r) | "
             f"{_fmt_rate(e.get('points_per_s'))} | {_fmt_x(e.get('speedup_vs_reference'))} | "
