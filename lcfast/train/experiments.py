@@ -83,22 +83,25 @@ class GrokConfig:
     # shared 2-core box it took 4.6 ms with 1 thread vs 114 ms with 2 (oversubscribed
     # OpenMP).  Measurements (LC, PGD) run with torch's original thread count.
     train_threads: int | None = None
-    threads: int | None = None         # CPU threads for the whole run (None: torch's default)
+    # CPU threads for the whole run (None: torch's default).  The presets use 1: on the
+    # shared 2-core box (load ~7) one mnist-mlp --quick log (LC of 3 x 1,000 points +
+    # PGD) took 16 s with 2 threads and ~3 s with 1; pass --threads 2 on a quiet machine.
+    threads: int | None = None
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "mnist-mlp": dict(task="mnist-mlp", train_threads=1, extra_radii=(0.05,)),
-    "mnist-mlp/quick": dict(task="mnist-mlp", steps=4000, n_logs=25, train_threads=1),
+    "mnist-mlp": dict(task="mnist-mlp", threads=1, extra_radii=(0.05,)),
+    "mnist-mlp/quick": dict(task="mnist-mlp", steps=4000, n_logs=25, threads=1),
     "modadd-transformer": dict(task="modadd-transformer", steps=20_000, batch_size=0, lr=1e-3, weight_decay=1.0,
                                betas=(0.9, 0.98), modulus=97, train_frac=0.3, n_lc=500, n_random=500,
-                               radius=0.005, n_dirs=25, n_logs=80, adv_eps=(), ckpt_every=2000, train_threads=1),
+                               radius=0.005, n_dirs=25, n_logs=80, adv_eps=(), ckpt_every=2000, threads=1),
     # a + b mod 31 with half of the pairs, d 32, lr 1e-2: memorised by step ~250,
     # test accuracy 1.0 by ~1,500 (measured: 30 s of training on 1 busy core)
     "modadd-transformer/quick": dict(task="modadd-transformer", steps=3000, batch_size=0, lr=1e-2,
                                      weight_decay=1.0, betas=(0.9, 0.98), modulus=31, train_frac=0.5,
                                      d_model=32, d_mlp=128, n_lc=None, n_random=480, radius=0.02,
                                      extra_radii=(0.005,), n_dirs=25, n_logs=30, adv_eps=(), ckpt_every=1000,
-                                     train_threads=1),
+                                     threads=1),
 }
 
 
