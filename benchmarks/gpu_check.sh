@@ -31,9 +31,17 @@ elapsed() { echo $(( $(date +%s) - START )); }
 left() { echo $(( BUDGET - $(elapsed) )); }
 say() { echo "[gpu_check +$(elapsed)s] $*"; }
 
-GPU=$($PY -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA GPU'; print(torch.cuda.get_device_name(0))") \
-    || { echo "gpu_check: no CUDA GPU visible to $PY" >&2; exit 2; }
-SLUG=$(echo "$GPU" | tr '[:upper:]' '[:lower:]' | sed -E 's/[^a-z0-9]+/-/g; s/^-+//; s/-+$//')
+# LCFAST_GPU_CHECK_DEVICE=cpu runs the same steps on the CPU (a smoke test of this
+# script, e.g. with LC_WORKLOADS=mnist-mlp LCFAST_BENCH_SIZE=cpu); results say cpu-smoke.
+DEV=${LCFAST_GPU_CHECK_DEVICE:-cuda}
+SIZE=${LCFAST_BENCH_SIZE:-gpu}
+if [ "$DEV" = cpu ]; then
+    GPU="cpu (smoke test of gpu_check.sh)"; SLUG=cpu-smoke
+else
+    GPU=$($PY -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA GPU'; print(torch.cuda.get_device_name(0))") \
+        || { echo "gpu_check: no CUDA GPU visible to $PY" >&2; exit 2; }
+    SLUG=$(echo "$GPU" | tr '[:upper:]' '[:lower:]' | sed -E 's/[^a-z0-9]+/-/g; s/^-+//; s/-+$//')
+fi
 LOG="$RES/gpu-$SLUG.log"
 exec > >(tee "$LOG") 2>&1
 say "GPU: $GPU (results named gpu-$SLUG), budget ${BUDGET}s, python: $($PY -c 'import sys; print(sys.executable)')"
@@ -41,7 +49,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm,te
 uptime || true
 
 # ---------------------------------------------------------------- 1. install (offline)
-if $PY - <<'EOF' 2>/dev/null
+if [ "$DEV" = cpu ]; then
+    say "smoke test: no install (uses lcfast as installed here)"
+elif $PY - <<'EOF' 2>/dev/null
 import os, sys, lcfast, lcfast.bench
 assert os.path.realpath(os.path.dirname(lcfast.__file__)) == os.path.realpath("lcfast")
 import lcfast._C  # the extension of this tree
@@ -49,29 +59,29 @@ EOF
 then
     say "lcfast with its extension already importable from this tree: no install"
 else
-    CAP=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))")
+    CAP=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0) if torch.cuda.is_available() else '9.0')")
     say "pip install --no-build-isolation --no-deps --no-index -e . (TORCH_CUDA_ARCH_LIST=$CAP)"
     TORCH_CUDA_ARCH_LIST=$CAP MAX_JOBS=$(nproc) timeout 240 $PY -m pip install -q --no-build-isolation --no-deps \
         --no-index -e . || say "INSTALL FAILED (rc=$?): backends needing the extension will be missing"
 fi
-$PY -c "import lcfast, torch; print('lcfast from', lcfast.__file__, '| torch', torch.__version__, '| backends on cuda:', lcfast.available_backends('cuda'))" \
+$PY -c "import lcfast, torch; print('lcfast from', lcfast.__file__, '| torch', torch.__version__, '| backends on $DEV:', lcfast.available_backends('$DEV'))" \
     || { say "lcfast does not import: stop"; exit 3; }
-export LCFAST_BENCH_DEVICE=cuda LCFAST_BENCH_SIZE=gpu PYTHONUNBUFFERED=1
+export LCFAST_BENCH_DEVICE=$DEV LCFAST_BENCH_SIZE=$SIZE PYTHONUNBUFFERED=1
 
 # ---------------------------------------------------------------- 2. correctness on the GPU
-if [ -f benchmarks/gpu_triton_check.py ]; then
+if [ -f benchmarks/gpu_triton_check.py ] && [ "$DEV" != cpu ]; then
     TB=${TRITON_CHECK_BUDGET_S:-90}
     say "benchmarks/gpu_triton_check.py (op-level correctness first; its own budget ${TB}s)"
     timeout $((TB + 60)) $PY benchmarks/gpu_triton_check.py --out "$RES/triton-$SLUG.json" --budget "$TB" \
         || say "gpu_triton_check.py exited with $?"
 fi
 BACKEND_TESTS=$(ls tests/test_*native*.py tests/test_*cuda*.py 2>/dev/null | tr '\n' ' ')
-if [ -n "$BACKEND_TESTS" ]; then
+if [ -n "$BACKEND_TESTS" ] && [ "$DEV" != cpu ]; then
     say "backend tests: $BACKEND_TESTS"
     timeout 120 $PY -m pytest -q -x -p no:cacheprovider $BACKEND_TESTS || say "backend tests exited with $?"
 fi
 say "every method vs the reference on the GPU, 8 points per workload (lcfast bench --check-only)"
-timeout 150 $PY -m lcfast.bench --workload all --device cuda --size gpu --n 8 --check-only --no-compile \
+timeout 150 $PY -m lcfast.bench --workload ${LC_WORKLOADS:-all} --device "$DEV" --size "$SIZE" --n 8 --check-only --no-compile \
     --json "$RES/gpu-$SLUG-check.json" | tail -n 40
 CHECK_RC=${PIPESTATUS[0]}
 [ "$CHECK_RC" = 0 ] || say "CHECK FAILURES (rc=$CHECK_RC): see $RES/gpu-$SLUG-check.json; failing methods are never timed below"
@@ -91,7 +101,7 @@ for W in $ORDER; do
     say "suite: $W"
     OUTJ="$RES/.gpu-$SLUG-$W.json"
     timeout "$(left)" $PY -m pytest benchmarks/test_bench_workloads.py -q -p no:cacheprovider --benchmark-only \
-        --lc-device cuda --lc-size gpu --lc-workloads "$W" --benchmark-json "$OUTJ" --benchmark-columns=median,rounds \
+        --lc-device "$DEV" --lc-size "$SIZE" --lc-workloads "$W" --benchmark-json "$OUTJ" --benchmark-columns=median,rounds \
         || say "$W exited with $?"
     [ -f "$OUTJ" ] && PARTS+=("$OUTJ")
 done

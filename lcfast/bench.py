@@ -471,7 +471,11 @@ def _torch_compile(p: Prepared, info: dict):
         torch._dynamo.reset()
     run_b = _compiled_counting(p, info)
     t0 = time.perf_counter()
-    first = run_b()
+    try:
+        first = run_b()
+    except BaseException:
+        info.pop("finalizer")()
+        raise
     info["variant"] = ("torch.compile(vertex forward + reference crossing count in activation pre-hooks); "
                        "the compiled model under the reference engine failed: " + info["compiled_model_error"])
     info["first_call_s"] = time.perf_counter() - t0
@@ -574,7 +578,13 @@ def prepare_method(p: Prepared, name: str) -> Method:
         first = run()
         sync(p.device)
         info["first_call_s"] = time.perf_counter() - t0
-    info.update(check_counts(p, name, first[0], first[1], exact))
+    try:
+        info.update(check_counts(p, name, first[0], first[1], exact))
+    except BaseException:
+        fin = info.pop("finalizer", None)
+        if fin:  # e.g. the compile baseline's hooks: never leave them on the model
+            fin()
+        raise
     return Method(name, run, p.device, info)
 
 
