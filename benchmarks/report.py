@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("json", nargs="+", help="benchmark JSON (pytest --benchmark-json or lcfast bench --json)")
     ap.add_argument("--out", default=None, help="also write the markdown here")
     ap.add_argument("--json-out", default=None, help="write the merged JSON here")
+    ap.add_argument("--note", action="append", default=[], help="a line to append (e.g. the suite's wall time)")
     args = ap.parse_args(argv)
     runs = []
     for path in args.json:
@@ -66,6 +67,8 @@ def main(argv=None) -> int:
         with open(args.json_out, "w") as f:
             json.dump(data, f, indent=1)
     text = format_report(data)
+    if args.note:
+        text += "\n" + "\n".join(args.note) + "\n"
     print(text, end="")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
