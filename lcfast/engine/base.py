@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 from ..neighborhood import vertices
 from ..sites import SiteHandler, SiteInterceptor, SiteSpec
@@ -171,8 +172,9 @@ class SizeProbe(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if isinstance(out, torch.Tensor):
-            self.max_bytes = max(self.max_bytes, out.numel() * out.element_size())
+        for t in tree_leaves(out):  # custom ops may return tuples
+            if isinstance(t, torch.Tensor):
+                self.max_bytes = max(self.max_bytes, t.numel() * t.element_size())
         return out
 
 
