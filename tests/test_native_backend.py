@@ -36,8 +36,12 @@ def _both(model, x, **kw):
 
 @pytest.fixture
 def count_antisym(monkeypatch):
-    """Counts the affine calls evaluated antisymmetrically (proves the path ran)."""
+    """Forces the antisymmetric path on every affine op that reads the vertex batch
+    (the zoo models are too small for the cost rule to choose it) and counts its
+    calls (proves the path ran)."""
     import lcfast.engine.native as nat
+    monkeypatch.setattr(nat._Vertices, "min_macs", 0)
+    monkeypatch.setattr(nat._Vertices, "worth_it", lambda self, w, i, o: True)
     hits = []
     orig = nat._Vertices.affine
 
@@ -125,6 +129,7 @@ class _Readers(nn.Module):
 @pytest.mark.parametrize("mode", ["flatten", "copy_reshape", "after_affine", "inplace"])
 def test_lazy_vertices_filled_when_read(mode, monkeypatch):
     import lcfast.engine.native as nat
+    monkeypatch.setattr(nat._Vertices, "min_macs", 16)  # lin: 24 products per value
     fills = []
     orig = nat._Vertices.fill
     monkeypatch.setattr(nat._Vertices, "fill", lambda self: (fills.append(self.filled), orig(self)))
@@ -167,3 +172,19 @@ assert res.meta["backend"] == "reference"
 def test_auto_picks_native_on_cpu():
     res = lcfast.local_complexity(zoo.mlp(), torch.randn(2, 20), n_dirs=2)
     assert res.meta["backend"] == "native"
+
+
+def test_cost_rule_picks_the_antisymmetric_path(monkeypatch):
+    """Default rule: the ViT patch embedding (192 products per value, 3072 -> 384
+    values per row) is evaluated antisymmetrically, the CNN stem (27 products, 768 ->
+    3072 values) is not; counts equal the reference's either way."""
+    import lcfast.engine.native as nat
+    hits = []
+    orig = nat._Vertices.affine
+    monkeypatch.setattr(nat._Vertices, "affine", lambda self, *a: hits.append(orig(self, *a) is not None) or orig(self, *a))
+    for make, shape, used in ((zoo.small_vit, (2, 3, 32, 32), True), (zoo.cnn, (2, 3, 16, 16), False)):
+        hits.clear()
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(5))
+        a, b = _both(make(), x, radius=0.05, n_dirs=4)
+        assert torch.equal(a.counts, b.counts)
+        assert hits and all(h == used for h in hits)
