@@ -21,6 +21,7 @@
 // contiguous tensor (one extra pass) and `out` is contiguous.
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -28,6 +29,7 @@
 #include <c10/util/Exception.h>
 
 #include <string_view>
+#include <tuple>
 
 namespace lcfast {
 
@@ -74,6 +76,65 @@ inline bool row_flat(const at::Tensor& t, const Geometry& g) {
 // The tensor the kernel reads: `pre` itself when row-flat, else a contiguous copy.
 inline at::Tensor row_flat_source(const at::Tensor& pre, const Geometry& g) {
   return row_flat(pre, g) ? pre : pre.contiguous();
+}
+
+// Calls `f.template operator()<scalar_t, ACT, WRITE>()` for the runtime dtype, act and
+// write flag (count only: ACT = kIdentity, WRITE = false).
+template <typename F>
+void dispatch_act(at::ScalarType st, Act act, bool write, F&& f) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st, "lcfast_crossing_act", [&] {
+    if (!write) {
+      f.template operator()<scalar_t, kIdentity, false>();
+      return;
+    }
+    switch (act) {
+      case kIdentity: f.template operator()<scalar_t, kIdentity, true>(); break;
+      case kRelu: f.template operator()<scalar_t, kRelu, true>(); break;
+      case kLeakyRelu: f.template operator()<scalar_t, kLeakyRelu, true>(); break;
+      case kGelu: f.template operator()<scalar_t, kGelu, true>(); break;
+      case kGeluTanh: f.template operator()<scalar_t, kGeluTanh, true>(); break;
+    }
+  });
+}
+
+// The three ops' host logic, shared by the CPU and CUDA files.  `run(src, out, g, act,
+// slope, counts, write)` launches the device kernel on row-flat `src` (out undefined
+// when !write; out may equal src).
+template <typename Run>
+std::tuple<at::Tensor, at::Tensor> crossing_act_host(const at::Tensor& pre, int64_t V, c10::string_view act,
+                                                     double slope, Run run) {
+  const Act a = parse_act(std::string_view(act.data(), act.size()));
+  const Geometry g = check_geometry(pre, V);
+  const at::Tensor src = row_flat_source(pre, g);
+  at::Tensor out = at::empty_like(src);
+  at::Tensor counts = at::zeros({g.n}, pre.options().dtype(at::kLong));
+  if (g.n && g.F) run(src, out, g, a, slope, counts, true);
+  return {out, counts};
+}
+
+template <typename Run>
+at::Tensor crossing_act_inplace_host(at::Tensor& pre, int64_t V, c10::string_view act, double slope, Run run) {
+  const Act a = parse_act(std::string_view(act.data(), act.size()));
+  const Geometry g = check_geometry(pre, V);
+  at::Tensor counts = at::zeros({g.n}, pre.options().dtype(at::kLong));
+  if (!g.n || !g.F) return counts;
+  if (row_flat(pre, g)) {
+    run(pre, pre, g, a, slope, counts, true);
+  } else {  // work on a contiguous copy, then write back (two extra passes)
+    at::Tensor tmp = pre.contiguous();
+    run(tmp, tmp, g, a, slope, counts, true);
+    pre.copy_(tmp);
+  }
+  return counts;
+}
+
+template <typename Run>
+at::Tensor crossing_count_host(const at::Tensor& pre, int64_t V, Run run) {
+  const Geometry g = check_geometry(pre, V);
+  const at::Tensor src = row_flat_source(pre, g);
+  at::Tensor counts = at::zeros({g.n}, pre.options().dtype(at::kLong));
+  if (g.n && g.F) run(src, at::Tensor(), g, kIdentity, 0.0, counts, false);
+  return counts;
 }
 
 }  // namespace lcfast

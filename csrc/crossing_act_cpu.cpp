@@ -9,7 +9,6 @@
 // of int64 partial sums (integer: the result does not depend on the split).
 #include "crossing_act.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -144,60 +143,25 @@ void run_groups(const scalar_t* in, scalar_t* out, const Geometry& g, double slo
   });
 }
 
-template <bool WRITE>
-void dispatch(const at::Tensor& src, const at::Tensor& out, const Geometry& g, Act act, double slope,
-              const at::Tensor& counts) {
-  if (g.n == 0 || g.F == 0) return;
+void run_cpu(const at::Tensor& src, const at::Tensor& out, const Geometry& g, Act act, double slope,
+             const at::Tensor& counts, bool write) {
   int64_t* cp = counts.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, src.scalar_type(), "lcfast_crossing_act_cpu", [&] {
-    const scalar_t* in = src.const_data_ptr<scalar_t>();
-    scalar_t* o = WRITE ? out.data_ptr<scalar_t>() : nullptr;
-    if constexpr (!WRITE) {
-      run_groups<scalar_t, kIdentity, false>(in, o, g, slope, cp);
-    } else {
-      switch (act) {
-        case kIdentity: run_groups<scalar_t, kIdentity, true>(in, o, g, slope, cp); break;
-        case kRelu: run_groups<scalar_t, kRelu, true>(in, o, g, slope, cp); break;
-        case kLeakyRelu: run_groups<scalar_t, kLeakyRelu, true>(in, o, g, slope, cp); break;
-        case kGelu: run_groups<scalar_t, kGelu, true>(in, o, g, slope, cp); break;
-        case kGeluTanh: run_groups<scalar_t, kGeluTanh, true>(in, o, g, slope, cp); break;
-      }
-    }
+  dispatch_act(src.scalar_type(), act, write, [&]<typename scalar_t, int ACT, bool WRITE>() {
+    run_groups<scalar_t, ACT, WRITE>(src.const_data_ptr<scalar_t>(), WRITE ? out.data_ptr<scalar_t>() : nullptr,
+                                     g, slope, cp);
   });
 }
 
 std::tuple<at::Tensor, at::Tensor> crossing_act_cpu(const at::Tensor& pre, int64_t V, c10::string_view act,
                                                      double slope) {
-  const Act a = parse_act(std::string_view(act.data(), act.size()));
-  const Geometry g = check_geometry(pre, V);
-  const at::Tensor src = row_flat_source(pre, g);
-  at::Tensor out = at::empty_like(src);
-  at::Tensor counts = at::zeros({g.n}, pre.options().dtype(at::kLong));
-  dispatch<true>(src, out, g, a, slope, counts);
-  return {out, counts};
+  return crossing_act_host(pre, V, act, slope, run_cpu);
 }
 
 at::Tensor crossing_act_inplace_cpu(at::Tensor& pre, int64_t V, c10::string_view act, double slope) {
-  const Act a = parse_act(std::string_view(act.data(), act.size()));
-  const Geometry g = check_geometry(pre, V);
-  at::Tensor counts = at::zeros({g.n}, pre.options().dtype(at::kLong));
-  if (row_flat(pre, g)) {
-    dispatch<true>(pre, pre, g, a, slope, counts);
-  } else {  // work on a contiguous copy, then write back (two extra passes)
-    at::Tensor tmp = pre.contiguous();
-    dispatch<true>(tmp, tmp, g, a, slope, counts);
-    pre.copy_(tmp);
-  }
-  return counts;
+  return crossing_act_inplace_host(pre, V, act, slope, run_cpu);
 }
 
-at::Tensor crossing_count_cpu(const at::Tensor& pre, int64_t V) {
-  const Geometry g = check_geometry(pre, V);
-  const at::Tensor src = row_flat_source(pre, g);
-  at::Tensor counts = at::zeros({g.n}, pre.options().dtype(at::kLong));
-  dispatch<false>(src, at::Tensor(), g, kIdentity, 0.0, counts);
-  return counts;
-}
+at::Tensor crossing_count_cpu(const at::Tensor& pre, int64_t V) { return crossing_count_host(pre, V, run_cpu); }
 
 }  // namespace
 

@@ -169,3 +169,21 @@ assert torch.ops.lcfast._coexist_probe(x).sum().item() == 7.0
 assert torch.ops.lcfast.crossing_count(x, 2).tolist() == [1]
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and _native.has_kernel("crossing_act", "cuda")),
+                    reason="no CUDA device or lcfast._C built without CUDA")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("act,slope", ACTS)
+def test_cuda_matches_definition(dtype, act, slope):
+    for n, V, feat in [(37, 6, (17,)), (3, 50, (64, 7, 9)), (0, 2, (5,))]:
+        pre = make(n, V, feat, dtype).cuda()
+        ref_out, ref_c = expected(pre, V, act, slope)
+        out, c = crossing_act(pre, V, act, slope)
+        assert torch.equal(c, ref_c)
+        assert_out_equal(out, ref_out, act)
+        assert torch.equal(crossing_count(pre, V), ref_c)
+        cl = pre.reshape(n * V, *feat[:1], 1, -1).to(memory_format=torch.channels_last) if len(feat) == 3 else pre
+        p2 = cl.clone()
+        assert torch.equal(crossing_act_(p2, V, act, slope), ref_c)
+    torch.library.opcheck(torch.ops.lcfast.crossing_act.default, (make(3, 6, (4, 5), dtype).cuda(), 6, act, slope))

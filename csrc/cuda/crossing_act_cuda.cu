@@ -8,7 +8,6 @@
 // Tasks are grid-strided over n * tiles with int64 indices.
 #include "../crossing_act.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -85,59 +84,27 @@ void launch_one(const at::Tensor& src, const at::Tensor& out, const Geometry& g,
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <bool WRITE>
-void launch(const at::Tensor& src, const at::Tensor& out, const Geometry& g, Act act, double slope,
-            const at::Tensor& counts) {
-  if (g.n == 0 || g.F == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, src.scalar_type(), "lcfast_crossing_act_cuda", [&] {
-    if constexpr (!WRITE) {
-      launch_one<scalar_t, kIdentity, false>(src, out, g, slope, counts);
-    } else {
-      switch (act) {
-        case kIdentity: launch_one<scalar_t, kIdentity, true>(src, out, g, slope, counts); break;
-        case kRelu: launch_one<scalar_t, kRelu, true>(src, out, g, slope, counts); break;
-        case kLeakyRelu: launch_one<scalar_t, kLeakyRelu, true>(src, out, g, slope, counts); break;
-        case kGelu: launch_one<scalar_t, kGelu, true>(src, out, g, slope, counts); break;
-        case kGeluTanh: launch_one<scalar_t, kGeluTanh, true>(src, out, g, slope, counts); break;
-      }
-    }
+void run_cuda(const at::Tensor& src, const at::Tensor& out, const Geometry& g, Act act, double slope,
+              const at::Tensor& counts, bool write) {
+  dispatch_act(src.scalar_type(), act, write, [&]<typename scalar_t, int ACT, bool WRITE>() {
+    launch_one<scalar_t, ACT, WRITE>(src, out, g, slope, counts);
   });
 }
 
 std::tuple<at::Tensor, at::Tensor> crossing_act_cuda(const at::Tensor& pre, int64_t V, c10::string_view act,
                                                       double slope) {
-  const Act a = parse_act(std::string_view(act.data(), act.size()));
-  const Geometry g = check_geometry(pre, V);
   c10::cuda::CUDAGuard guard(pre.device());
-  const at::Tensor src = row_flat_source(pre, g);
-  at::Tensor out = at::empty_like(src);
-  at::Tensor counts = at::zeros({g.n}, pre.options().dtype(at::kLong));
-  launch<true>(src, out, g, a, slope, counts);
-  return {out, counts};
+  return crossing_act_host(pre, V, act, slope, run_cuda);
 }
 
 at::Tensor crossing_act_inplace_cuda(at::Tensor& pre, int64_t V, c10::string_view act, double slope) {
-  const Act a = parse_act(std::string_view(act.data(), act.size()));
-  const Geometry g = check_geometry(pre, V);
   c10::cuda::CUDAGuard guard(pre.device());
-  at::Tensor counts = at::zeros({g.n}, pre.options().dtype(at::kLong));
-  if (row_flat(pre, g)) {
-    launch<true>(pre, pre, g, a, slope, counts);
-  } else {
-    at::Tensor tmp = pre.contiguous();
-    launch<true>(tmp, tmp, g, a, slope, counts);
-    pre.copy_(tmp);
-  }
-  return counts;
+  return crossing_act_inplace_host(pre, V, act, slope, run_cuda);
 }
 
 at::Tensor crossing_count_cuda(const at::Tensor& pre, int64_t V) {
-  const Geometry g = check_geometry(pre, V);
   c10::cuda::CUDAGuard guard(pre.device());
-  const at::Tensor src = row_flat_source(pre, g);
-  at::Tensor counts = at::zeros({g.n}, pre.options().dtype(at::kLong));
-  launch<false>(src, at::Tensor(), g, kIdentity, 0.0, counts);
-  return counts;
+  return crossing_count_host(pre, V, run_cuda);
 }
 
 }  // namespace
