@@ -54,7 +54,8 @@ def test_repo_config_loads_at_both_sizes():
         assert name in cpu
         assert gpu[name].n > 0 and gpu[name].n_dirs == 25 and gpu[name].radius == 0.005
     # the one switch scales sizes
-    assert (cpu["resnet50-224"].n, gpu["resnet50-224"].n) == (2, 1000)
+    assert (cpu["resnet18-224"].n, gpu["resnet18-224"].n) == (2, 1000)
+    assert gpu["resnet50-224"].n == 1000
     assert gpu["mnist-mlp-track"].n == 21000
     assert gpu["vit-b16-224"].n == 256 and cpu["vit-b16-224"].n == 1
     assert cpu["mnist-mlp-track"].n == 0 and cpu["mnist-mlp-track"].skip
