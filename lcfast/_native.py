@@ -6,6 +6,7 @@ loaded (its ops are then in ``torch.ops.lcfast``), else the reason it is not, fo
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -33,6 +34,7 @@ def available() -> bool:
     return ERROR is None
 
 
+@functools.lru_cache(maxsize=None)
 def has_kernel(op: str, device_type: str) -> bool:
     """Whether ``lcfast::<op>`` has a kernel for ``device_type`` (``"cpu"``, ``"cuda"``)."""
     if ERROR is not None:

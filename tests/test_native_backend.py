@@ -181,7 +181,13 @@ def test_cost_rule_picks_the_antisymmetric_path(monkeypatch):
     import lcfast.engine.native as nat
     hits = []
     orig = nat._Vertices.affine
-    monkeypatch.setattr(nat._Vertices, "affine", lambda self, *a: hits.append(orig(self, *a) is not None) or orig(self, *a))
+
+    def affine(self, *a):
+        out = orig(self, *a)
+        hits.append(out is not None)
+        return out
+
+    monkeypatch.setattr(nat._Vertices, "affine", affine)
     for make, shape, used in ((zoo.small_vit, (2, 3, 32, 32), True), (zoo.cnn, (2, 3, 16, 16), False)):
         hits.clear()
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(5))

@@ -6,9 +6,10 @@ layers that read the vertex batch directly use the cross-polytope antisymmetry.
   variant when the model asked for in place), whose output is bit-identical to
   PyTorch's.  Other kinds (GELU, SiLU, tanh, "other"), sites whose batch is not in
   dim 0, and layouts the op would have to copy are counted with the count-only op and
-  then the model's own call runs: GELU is not fused here because PyTorch's CPU GELU
-  is not bit-reproducible elementwise (SIMD polynomial erf in the vector body, libm
-  erf in the tails), and any bit of difference would reach the next layers.
+  then the model's own call runs.  GELU is not fused here: the op's GELU uses libm's
+  erf/tanh in ATen's scalar formula, PyTorch's CPU GELU its own SIMD erf (float32:
+  18% of values differ in the last bits), and any bit of difference would reach the
+  next layers.
 * **First affine layer** (DESIGN.md section 4).  When ``F.linear`` / ``F.conv{1,2,3}d``
   is applied to the vertex batch itself (or a contiguous reshape of it, e.g. after
   ``nn.Flatten``), it computes the centre ``c = A(x)`` for ``n`` rows and
@@ -16,12 +17,19 @@ layers that read the vertex batch directly use the cross-polytope antisymmetry.
   writes the vertex pre-activations ``c + r d, c - r d``: ``n*(P+1)`` products instead
   of ``2nP``.
 * **Lazy vertex batch.**  The model receives a vertex buffer that is only written
-  when some call reads it (see :class:`_Vertices`); for an MLP or CNN the affine stem
-  is the only reader, so the ``n*2P*D`` vertex values are never written.
+  when some call reads it (see :class:`_Vertices`); for an MLP the affine stem is the
+  only reader, so the ``n*2P*D`` vertex values are never written.  (A forward hook
+  that stores the model's input for later, outside the measurement, would see the
+  unwritten buffer.)
 
 The reordered first-layer arithmetic rounds differently from pushing the vertices
-``fl(x + fl(r v))``; on the test models the counts still equal the reference's exactly at
-float32 and float64 (tests/test_native_backend.py checks it).
+``fl(x + fl(r v))``.  On the test models the counts equal the reference's exactly at
+float32 and float64 (tests/test_native_backend.py forces the path on every zoo
+model).  It is not exact in general: on torchvision ResNet18 at 224x224 (2 points,
+P = 25, r = 0.005, float32), forcing it on the stem flipped one layer1.1 neuron
+against the float32 reference (whose counts equal float64's there); the cost rule of
+:meth:`_Vertices.worth_it` does not choose it for that stem, and those counts are
+equal.
 """
 from __future__ import annotations
 
@@ -29,10 +37,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import _native
-from ..ops import crossing_act as _op
 from torch.utils._pytree import tree_leaves
 
+from .. import _native
+from ..ops import crossing_act as _op
 from ..sites import ActCall, SiteHandler, SiteInterceptor, SiteSpec
 from .base import Backend, ChunkResult
 
