@@ -85,7 +85,8 @@ LCFAST_CLONES int64_t group_block(const scalar_t* in, scalar_t* out, int64_t V, 
     const scalar_t* r = in + v * F;
     if (v + 1 < V) {
       // the next row's chunk is another stream F elements away; with V ~ 50 rows there
-      // are more streams than the hardware prefetcher follows
+      // are more streams than the hardware prefetcher follows.  Measured (100 x
+      // 64x56x56, V = 50, one thread, loaded machine): in place 8.0 -> 5.5..6.2 ms
       for (int64_t j = 0; j < B; j += kLine) __builtin_prefetch(r + F + j, 0, 3);
     }
     if (v == 0) {
