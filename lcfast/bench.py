@@ -724,7 +724,8 @@ def format_report(data: dict) -> str:
             f"{_fmt_rate(e.get('points_per_s'))} | {_fmt_x(e.get('speedup_vs_reference'))} | "
             f"{_fmt_x(e.get('speedup_vs_compile'))} | {_fmt_x(e.get('time_vs_bare_forward'))} | {check} |")
         if e["method"] == "torch.compile" and e.get("variant"):
-            notes.append(f"{e['workload']}: torch.compile = {e['variant']}; first call (compile) "
+            variant = e["variant"] if len(e["variant"]) <= 170 else e["variant"][:167] + "..."
+            notes.append(f"{e['workload']}: torch.compile = {variant}; first call (compile) "
                          f"{e.get('first_call_s', float('nan')):.1f} s.")
     c = data.get("machine_info", {}).get("lcfast") or data.get("conditions") or {}
     data_notes = sorted({f"{e['workload']}: {e.get('data')}" for *_, e in rows if e.get("data")})
