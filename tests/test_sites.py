@@ -86,3 +86,13 @@ def test_vit_gelu_sites():
     res = lcfast.local_complexity(zoo.small_vit(), torch.randn(1, 3, 32, 32), n_dirs=2, backend="reference")
     assert res.sites == ["encoder.layers.encoder_layer_0.mlp.1#1", "encoder.layers.encoder_layer_1.mlp.1#1"]
     assert res.neurons.tolist() == [17 * 40, 17 * 40]  # 16 patches + class token, mlp_dim 40
+
+
+def test_compiled_model_is_measured_through_its_original_module():
+    model = zoo.mlp()
+    x = torch.randn(3, 20)
+    plain = lcfast.local_complexity(model, x, n_dirs=3, radius=0.3, backend="reference")
+    compiled = torch.compile(model)
+    res = lcfast.local_complexity(compiled, x, n_dirs=3, radius=0.3, backend="reference")
+    assert torch.equal(res.counts, plain.counts) and res.sites == plain.sites
+    assert "compiled_model" in res.meta
