@@ -40,7 +40,7 @@ def build_model(spec: str, weights: str | None = None) -> torch.nn.Module:
             raise ValueError(f"--model {spec!r} did not give an nn.Module")
     elif spec in ("mnist-mlp", "paper-cnn"):
         from .train import models as tm
-        model = tm.mlp() if spec == "mnist-mlp" else tm.paper_cnn()
+        model = torch.nn.Sequential(torch.nn.Flatten(), tm.mlp()) if spec == "mnist-mlp" else tm.paper_cnn()
     else:
         import torchvision
         try:

@@ -39,3 +39,12 @@ def test_cli_error_is_clear(tmp_path, capsys):
 def test_python_dash_m_help():
     r = subprocess.run([sys.executable, "-m", "lcfast", "measure", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--radius" in r.stdout
+
+
+def test_measure_paper_models_on_random_data(tmp_path):
+    for model in ("mnist-mlp", "paper-cnn"):
+        out = tmp_path / f"{model}.json"
+        rc = main(["--model", model, "--data", "random", "--points", "2", "--dirs", "3",
+                   "--out", str(out), "--no-progress"])
+        assert rc == 0
+        assert len(json.loads(out.read_text())["counts"]) == 2
