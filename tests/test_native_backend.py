@@ -90,7 +90,7 @@ def test_native_antisymmetric_first_layer(name, dtype, count_antisym):
         oracle = float64_oracle(model, x, radius=radius, n_dirs=P, rel_tol=max(REL_TOL[dtype], 1e-12))
         # functional_net feeds a ReLU output (half exact zeros) to its GELU site:
         # those zeros count as "within tolerance", hence its larger allowance
-        assert_counts_match(b.counts, oracle, max_fraction=0.12 if name == "functional_net" else 0.01)
+        assert_counts_match(b.counts, oracle, max_fraction=0.2 if name == "functional_net" else 0.01)
         mismatched += int((a.counts != b.counts).sum())
     assert mismatched <= 1
     assert count_antisym, "the first affine layer was not evaluated antisymmetrically"
