@@ -25,3 +25,11 @@ __all__ = [
     "vertices",
     "__version__",
 ]
+
+
+def __getattr__(name):
+    # submodules with heavier imports load on first use: lcfast.train, lcfast.testing, ...
+    if name in ("train", "testing", "plot", "datasets", "bench"):
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'lcfast' has no attribute {name!r}")
