@@ -503,6 +503,18 @@ def check_counts(p: Prepared, name: str, counts: torch.Tensor, sites: list[str],
             "ambiguous_fraction": frac, **summary}
 
 
+def _warmed(m: "Method", warm: bool) -> "Method":
+    """One untimed run of an unchecked method (or record that there was none)."""
+    if warm:
+        t0 = time.perf_counter()
+        m.run()
+        sync(m.device)
+        m.info["first_call_s"] = time.perf_counter() - t0
+    else:
+        m.info["warmup"] = "none"
+    return m
+
+
 def prepare_method(p: Prepared, name: str) -> Method:
     """Set up method ``name`` on ``p``, run it once (warm-up; compile happens here) and
     check its counts.  Raises :class:`CheckFailed` when the counts are wrong.
@@ -518,28 +530,14 @@ def prepare_method(p: Prepared, name: str) -> Method:
     if name == "bare-forward":
         run = _bare_forward(p)
         info["check"] = "no counts (floor)"
-        if warm:
-            t0 = time.perf_counter()
-            run()
-            sync(p.device)
-            info["first_call_s"] = time.perf_counter() - t0
-        else:
-            info["warmup"] = "none"
-        return Method(name, run, p.device, info)
+        return _warmed(Method(name, run, p.device, info), warm)
     if name == "reference":
         def run():
             r = p.lc(p.model, "reference")
             p._ref = (r.counts.cpu(), list(r.sites))
             return p._ref
         info["check"] = "is the reference"
-        if warm:
-            t0 = time.perf_counter()
-            run()
-            sync(p.device)
-            info["first_call_s"] = time.perf_counter() - t0
-        else:
-            info["warmup"] = "none"
-        return Method(name, run, p.device, info)
+        return _warmed(Method(name, run, p.device, info), warm)
     if name == "torch.compile":
         run, first = _torch_compile(p, info)
     elif name == "paper":
