@@ -7,6 +7,11 @@ import lcfast
 from lcfast.train import models
 
 
+def test_mlp_default_is_784_200x4_10():
+    lin = [l for l in models.mlp() if isinstance(l, nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in lin] == [(784, 200)] + [(200, 200)] * 3 + [(200, 10)]
+
+
 def test_mlp_structure_and_shape():
     m = models.mlp(784, 200, 4, 10)
     assert isinstance(m, nn.Sequential)

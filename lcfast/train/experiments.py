@@ -54,7 +54,7 @@ class GrokConfig:
     seed: int = 0
     # model
     width: int = 200
-    depth: int = 4
+    depth: int = 5                     # Linear layers: 784-200x4-10
     act: str = "relu"
     init_scale: float = 1.0
     d_model: int = 128

@@ -52,9 +52,10 @@ def _scale_init(model: nn.Module, init_scale: float) -> None:
             p.mul_(float(init_scale))
 
 
-def mlp(in_dim: int = 784, width: int = 200, depth: int = 4, out_dim: int = 10, act: str = "relu",
+def mlp(in_dim: int = 784, width: int = 200, depth: int = 5, out_dim: int = 10, act: str = "relu",
         init_scale: float = 1.0) -> nn.Sequential:
-    """The paper's MNIST MLP: ``depth`` Linear layers with ``act`` between them.
+    """The paper's MNIST MLP: ``depth`` Linear layers with ``act`` between them
+    (default 784-200-200-200-200-10: four hidden ReLU layers of width 200).
 
     Every parameter of the PyTorch default initialisation is multiplied by
     ``init_scale`` (the Omnigrok / paper Figure 3 recipe, e.g. 8).
