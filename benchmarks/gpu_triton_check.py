@@ -146,6 +146,15 @@ RESULT["conditions"] = {
 save()
 
 
+def _sweep_point(config: dict, key: str, measure) -> dict:
+    """One tile configuration of a sweep: its measurement, or the error that made it
+    fail to compile or launch (a result, not a crash)."""
+    try:
+        return {**config, key: measure()}
+    except Exception as e:  # noqa: BLE001
+        return {**config, "error": repr(e)[:300]}
+
+
 @section("correctness")
 def _correctness():
     out = {"failures": []}
@@ -261,10 +270,8 @@ def _epilogue():
                     crossing_epilogue_kernel[(rows // V, -(-F_ // bf))](
                         pre, o, pre, pre, pre, c, F_, 1, 1, 0.0, V=V, VB=64, BLOCK_F=bf, ACT=1,
                         AFFINE=False, RESIDUAL=False, STORE=True, F64=False, num_warps=nw)
-                try:
-                    sweep.append({"BLOCK_F": bf, "num_warps": nw, "GBps": nbytes / timeit(run) / 1e9})
-                except Exception as e:
-                    sweep.append({"BLOCK_F": bf, "num_warps": nw, "error": repr(e)[:300]})
+                sweep.append(_sweep_point({"BLOCK_F": bf, "num_warps": nw}, "GBps",
+                                          lambda: nbytes / timeit(run) / 1e9))
         rec["sweep"] = sweep
         out["runs"].append(rec)
     return out
@@ -301,10 +308,8 @@ def _linear():
                         V=V, VP=64, G=G, BLOCK_N=bn, BLOCK_K=bk, ACT=1, HAS_BIAS=True, COUNT=True,
                         PRECISION="ieee" if dtype == torch.float32 else "tf32",
                         UPCAST=ARGS.smoke and dtype == torch.bfloat16, num_warps=nw)
-                try:
-                    sweep.append({"G": G, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": nw, "s": timeit(run)})
-                except Exception as e:
-                    sweep.append({"G": G, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": nw, "error": repr(e)[:300]})
+                sweep.append(_sweep_point({"G": G, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": nw}, "s",
+                                          lambda: timeit(run)))
             rec["sweep"] = sweep
             out["runs"].append(rec)
     return out

@@ -1,6 +1,7 @@
 """``lcfast.local_complexity``: validation (all of it, here), backend choice, chunk loop."""
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import time
@@ -174,14 +175,10 @@ def local_complexity(
                 return random_frames(S, P, int(seed), ids_t[lo:hi], device=device, dtype=cdtype)
             return dirs_all if shared else dirs_all[lo:hi]
 
-        def run(lo, hi, xs=None, probe=None):
-            xc = (x[lo:hi] if xs is None else xs).to(device=device, dtype=cdtype)
-            dc = frames(lo, hi) if xs is None else (dirs_all if (dirs_all is not None and shared)
-                                                     else torch.zeros(1, P, *S, device=device, dtype=cdtype))
-            if probe is None:
-                return engine.run_chunk(m, xc, dc, radius, spec)
-            with probe:
-                return engine.run_chunk(m, xc, dc, radius, spec)
+        def run(lo, hi, probe=None):
+            xc = x[lo:hi].to(device=device, dtype=cdtype)
+            with probe or contextlib.nullcontext():
+                return engine.run_chunk(m, xc, frames(lo, hi), radius, spec)
 
         def check_sites(res):
             nonlocal names, neurons
@@ -197,8 +194,9 @@ def local_complexity(
                     f"flow?): {names[:5]}... vs {res.names[:5]}...")
 
         if N == 0:
-            # no point: one zero point discovers the sites so that counts is (0, L)
-            check_sites(run(0, 0, xs=torch.zeros(1, *S)))
+            # no point: one zero point (zero directions) discovers the sites so that counts is (0, L)
+            zero = torch.zeros(1, *S, device=device, dtype=cdtype)
+            check_sites(engine.run_chunk(m, zero, torch.zeros(1, P, *S, device=device, dtype=cdtype), radius, spec))
             counts = torch.zeros(0, len(names), dtype=torch.long)
         else:
             parts = []

@@ -54,7 +54,12 @@ def count_antisym(monkeypatch):
     return hits
 
 
-RADII = ((1e-3, 3), (0.05, 7), (1.0, 2))  # from "almost nothing crossed" to "most crossed"
+RADII = ((1e-3, 3), (0.05, 7), (1.0, 2))
+
+
+def _case(name):
+    make, shape = MODELS[name]
+    return make(), torch.randn(*shape, generator=torch.Generator().manual_seed(7))  # from "almost nothing crossed" to "most crossed"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -63,9 +68,7 @@ def test_native_equals_reference(name, dtype, monkeypatch):
     """Fused sites see exactly the reference's pre-activations: identical counts."""
     import lcfast.engine.native as nat
     monkeypatch.setattr(nat.NativeBackend, "antisymmetric_first_layer", False)
-    make, shape = MODELS[name]
-    model = make()
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(7))
+    model, x = _case(name)
     total = 0
     for radius, P in RADII:
         a, b = _both(model, x, radius=radius, n_dirs=P, dtype=dtype)
@@ -81,9 +84,7 @@ def test_native_antisymmetric_first_layer(name, dtype, count_antisym):
     rounding of zero may flip (seen: 1 of ~10^4 on the small ViT at float32), so this
     path is held to DESIGN.md's float64 rule; everything else must agree."""
     from lcfast.testing import REL_TOL, assert_counts_match, float64_oracle
-    make, shape = MODELS[name]
-    model = make()
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(7))
+    model, x = _case(name)
     mismatched = 0
     for radius, P in RADII:
         a, b = _both(model, x, radius=radius, n_dirs=P, dtype=dtype)

@@ -34,6 +34,11 @@ class ChunkResult:
     def __init__(self, counts: torch.Tensor, names: list[str], neurons: list[int]):
         self.counts, self.names, self.neurons = counts, names, neurons
 
+    @classmethod
+    def of(cls, icpt: SiteInterceptor, n: int) -> "ChunkResult":
+        """What an interceptor saw during the forward of ``n`` points."""
+        return cls(icpt.counts(n), icpt.names, icpt.neurons)
+
 
 class Backend:
     """Base class of the LC backends.
@@ -76,7 +81,7 @@ class Backend:
         icpt = self.interceptor(model, spec, n * V, V)
         with icpt:
             model(v)
-        return ChunkResult(icpt.counts(n), icpt.names, icpt.neurons)
+        return ChunkResult.of(icpt, n)
 
 
 # ---------------------------------------------------------------------------

@@ -166,10 +166,11 @@ class _Vertices:
         n, P = self.n, self.P
         xv = self.x.reshape(n, *rest)
         dv = self.dirs.reshape((P if self.shared else n * P), *rest)
-        c = func(xv, *args[1:], **kwargs)
         w = args[1] if len(args) > 1 else kwargs.get("weight")
-        if not self.worth_it(w, args[0][0].numel(), c[0].numel()):
+        # decide on one row's output size: the plain path then wastes no centre op
+        if not self.worth_it(w, args[0][0].numel(), func(xv[:1], *args[1:], **kwargs)[0].numel()):
             return None
+        c = func(xv, *args[1:], **kwargs)
         if len(args) > 2:  # the bias goes to the centre only
             d = func(dv, args[1], None, *args[3:], **kwargs)
         else:
@@ -289,4 +290,4 @@ class NativeBackend(Backend):
         icpt = _NativeInterceptor(model, spec, self.handler(), n * V, V, verts, self.antisymmetric_first_layer)
         with icpt:
             model(verts.v)
-        return ChunkResult(icpt.counts(n), icpt.names, icpt.neurons)
+        return ChunkResult.of(icpt, n)

@@ -119,4 +119,4 @@ class TritonBackend(Backend):
                 self.last_fused = dict(ctx.stats)
             else:
                 model(v)
-        return ChunkResult(icpt.counts(n), icpt.names, icpt.neurons)
+        return ChunkResult.of(icpt, n)
