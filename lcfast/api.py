@@ -1,7 +1,9 @@
-"""``lcfast.local_complexity``: validation (all of it, here), backend choice, chunk loop."""
+"""``lcfast.local_complexity``: validation (all of it, here), planning (device, dtype,
+backend, sites, chunk plan) and the chunk loop, as three functions."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import numbers
 import time
@@ -11,16 +13,13 @@ import torch
 import torch.nn as nn
 
 from .engine import get_backend
-from .engine.base import SizeProbe, chunks, model_device, model_guard, points_per_chunk, _model_dtype
+from .engine.base import Backend, ChunkResult, model_device, model_guard, _model_dtype
+from .engine.chunking import ChunkPlan, SizeProbe
 from .neighborhood import random_frames, shared_frame
 from .result import LCResult
 from .sites import SiteSpec
 
 __all__ = ["local_complexity"]
-
-# Largest vertex batch of one forward.  CPU: 2 cores saturate well below this; GPU:
-# beyond ~64k rows the MLP workloads stop gaining throughput.
-_MAX_ROWS = {"cpu": 16384, "cuda": 1 << 16}
 
 
 def _all_finite(t: torch.Tensor) -> bool:
@@ -85,7 +84,53 @@ def local_complexity(
         >>> res.counts.shape, res.sites
         (torch.Size([5, 1]), ['1#1'])
     """
-    # ---------------- validation (the only place) ----------------
+    request = _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, dtype, chunk_size,
+                        shared_directions)
+    plan = _plan(request)
+    t0 = time.perf_counter()
+    counts, names, neurons = _run(request, plan, progress)
+    meta = dict(backend=plan.engine.name, dtype=str(plan.dtype).replace("torch.", ""), seed=request.seed,
+                device=str(plan.device), seconds=time.perf_counter() - t0,
+                directions="given" if directions is not None else ("shared" if shared_directions else "per_point"),
+                **({"compiled_model": "measured its _orig_mod"} if request.compiled else {}))
+    return LCResult(counts=counts, sites=names, neurons=torch.tensor(neurons, dtype=torch.long),
+                    ids=request.ids, radius=request.radius, n_dirs=request.P, meta=meta)
+
+
+# ---------------------------------------------------------------------------
+# Validation (the only place)
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Request:
+    """The checked arguments."""
+
+    model: nn.Module
+    x: torch.Tensor          # (N, *S)
+    radius: float
+    seed: int
+    ids: torch.Tensor        # (N,) long, CPU
+    directions: torch.Tensor | None  # (P, *S) or (N, P, *S), or None
+    shared: bool             # directions (given or drawn) are one frame for all points
+    P: int
+    sites: object
+    backend: str
+    dtype: torch.dtype | None
+    chunk_size: int | None
+    compiled: bool
+
+    @property
+    def N(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def S(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, dtype, chunk_size,
+              shared_directions) -> _Request:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     compiled = False
@@ -108,7 +153,6 @@ def local_complexity(
         raise ValueError("x contains NaN or infinite values")
     if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not math.isfinite(radius) or radius <= 0:
         raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
-    radius = float(radius)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {seed!r}")
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
@@ -149,88 +193,105 @@ def local_complexity(
         if not 1 <= n_dirs <= D:
             raise ValueError(f"n_dirs must be in [1, D={D}] (D = input dimension), got {n_dirs}")
         P = int(n_dirs)
-    V = 2 * P
+        shared = bool(shared_directions)
+    return _Request(model=model, x=x, radius=float(radius), seed=int(seed), ids=ids_t, directions=directions,
+                    shared=shared, P=P, sites=sites, backend=backend, dtype=dtype, chunk_size=chunk_size,
+                    compiled=compiled)
 
-    spec = SiteSpec.resolve(model, sites)
-    device = model_device(model, x.device)
-    cdtype = dtype or _model_dtype(model)
-    engine = get_backend(backend, device)
 
-    # ---------------- measurement ----------------
-    t0 = time.perf_counter()
-    counts = torch.zeros(N, 0, dtype=torch.long)
+# ---------------------------------------------------------------------------
+# Planning: where, in which dtype, with which backend, which sites, what chunks
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Plan:
+    device: torch.device
+    dtype: torch.dtype
+    engine: Backend
+    spec: SiteSpec
+    chunks: ChunkPlan
+
+
+def _plan(request: _Request) -> _Plan:
+    model = request.model
+    spec = SiteSpec.resolve(model, request.sites)
+    device = model_device(model, request.x.device)
+    dtype = request.dtype or _model_dtype(model)
+    engine = get_backend(request.backend, device)
+    V = 2 * request.P
+    point_bytes = math.prod(request.S) * torch.finfo(dtype).bits // 8
+    return _Plan(device, dtype, engine, spec, ChunkPlan(request.N, V, point_bytes, device, request.chunk_size))
+
+
+# ---------------------------------------------------------------------------
+# The chunk loop
+# ---------------------------------------------------------------------------
+
+
+def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, list[str], list[int]]:
+    """Counts ``(N, L)``, site names and neurons per site, chunk by chunk."""
+    N, S, P = request.N, request.S, request.P
+    device, dtype, engine, spec = plan.device, plan.dtype, plan.engine, plan.spec
     names: list[str] | None = None
     neurons: list[int] = []
-    with model_guard(model, device, cdtype) as m:
-        if directions is not None:
-            dirs_all = directions.to(device=device, dtype=cdtype)
-        elif shared_directions:
-            dirs_all = shared_frame(S, P, seed, device=device, dtype=cdtype)
-            shared = True
+
+    def check_sites(res: ChunkResult) -> torch.Tensor:
+        nonlocal names, neurons
+        if names is None:
+            if not res.names:
+                raise ValueError(
+                    "model has no site: no nonlinearity call (ReLU, GELU, ...) acts on the batch; "
+                    "pass sites=[module names or types] to count at module outputs")
+            names, neurons = list(res.names), list(res.neurons)
+        elif res.names != names:
+            raise RuntimeError(
+                "the model called different sites for different chunks (data-dependent control "
+                f"flow?): {names[:5]}... vs {res.names[:5]}...")
+        return res.counts.cpu()
+
+    with model_guard(request.model, device, dtype) as model:
+        if request.directions is not None:
+            all_dirs = request.directions.to(device=device, dtype=dtype)
+        elif request.shared:
+            all_dirs = shared_frame(S, P, request.seed, device=device, dtype=dtype)
         else:
-            dirs_all, shared = None, False
+            all_dirs = None
 
-        def frames(lo, hi):
-            if dirs_all is None:
-                return random_frames(S, P, int(seed), ids_t[lo:hi], device=device, dtype=cdtype)
-            return dirs_all if shared else dirs_all[lo:hi]
-
-        def run(lo, hi, probe=None):
-            xc = x[lo:hi].to(device=device, dtype=cdtype)
+        def run(lo: int, hi: int, probe: SizeProbe | None = None) -> ChunkResult:
+            xc = request.x[lo:hi].to(device=device, dtype=dtype)
+            if all_dirs is None:
+                dirs = random_frames(S, P, request.seed, request.ids[lo:hi], device=device, dtype=dtype)
+            else:
+                dirs = all_dirs if request.shared else all_dirs[lo:hi]
             with probe or contextlib.nullcontext():
-                return engine.run_chunk(m, xc, frames(lo, hi), radius, spec)
-
-        def check_sites(res):
-            nonlocal names, neurons
-            if names is None:
-                if not res.names:
-                    raise ValueError(
-                        "model has no site: no nonlinearity call (ReLU, GELU, ...) acts on the batch; "
-                        "pass sites=[module names or types] to count at module outputs")
-                names, neurons = list(res.names), list(res.neurons)
-            elif res.names != names:
-                raise RuntimeError(
-                    "the model called different sites for different chunks (data-dependent control "
-                    f"flow?): {names[:5]}... vs {res.names[:5]}...")
+                return engine.run_chunk(model, xc, dirs, request.radius, spec)
 
         if N == 0:
             # no point: one zero point (zero directions) discovers the sites so that counts is (0, L)
-            zero = torch.zeros(1, *S, device=device, dtype=cdtype)
-            check_sites(engine.run_chunk(m, zero, torch.zeros(1, P, *S, device=device, dtype=cdtype), radius, spec))
-            counts = torch.zeros(0, len(names), dtype=torch.long)
-        else:
-            parts = []
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
-                bar = tqdm(total=N, desc="lcfast", unit="pt")
-            try:
-                start = 0
-                size = chunk_size
-                if size is None:
-                    probe = SizeProbe()
-                    res = run(0, 1, probe=probe)
-                    check_sites(res)
-                    parts.append(res.counts.cpu())
-                    start = 1
-                    row_in = D * torch.finfo(cdtype).bits // 8
-                    size = points_per_chunk(probe.max_bytes / V, row_in, V, device,
-                                            _MAX_ROWS.get(device.type, 1 << 16))
-                    if bar is not None:
-                        bar.update(1)
-                for lo, hi in chunks(N - start, size):
-                    res = run(start + lo, start + hi)
-                    check_sites(res)
-                    parts.append(res.counts.cpu())
-                    if bar is not None:
-                        bar.update(hi - lo)
-            finally:
+            zero = torch.zeros(1, *S, device=device, dtype=dtype)
+            check_sites(engine.run_chunk(model, zero, torch.zeros(1, P, *S, device=device, dtype=dtype),
+                                         request.radius, spec))
+            return torch.zeros(0, len(names), dtype=torch.long), names, neurons
+        parts = []
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=N, desc="lcfast", unit="pt")
+        try:
+            start = 0
+            if plan.chunks.needs_probe:
+                start = plan.chunks.probe_points
+                probe = SizeProbe()
+                parts.append(check_sites(run(0, start, probe)))
+                plan.chunks.calibrate(probe, start)
                 if bar is not None:
-                    bar.close()
-            counts = torch.cat(parts, 0)
-    meta = dict(backend=engine.name, dtype=str(cdtype).replace("torch.", ""), seed=int(seed),
-                device=str(device), seconds=time.perf_counter() - t0,
-                directions="given" if directions is not None else ("shared" if shared_directions else "per_point"),
-                **({"compiled_model": "measured its _orig_mod"} if compiled else {}))
-    return LCResult(counts=counts, sites=names or [], neurons=torch.tensor(neurons, dtype=torch.long),
-                    ids=ids_t, radius=radius, n_dirs=P, meta=meta)
+                    bar.update(start)
+            for lo, hi in plan.chunks.spans(start):
+                parts.append(check_sites(run(lo, hi)))
+                if bar is not None:
+                    bar.update(hi - lo)
+        finally:
+            if bar is not None:
+                bar.close()
+        return torch.cat(parts, 0), names, neurons

@@ -18,7 +18,8 @@ import torch.nn as nn
 from .engine.base import model_guard, model_device
 from .engine.reference import crossing_counts
 from .neighborhood import random_frames, vertices
-from .sites import SiteHandler, SiteInterceptor, SiteSpec
+from .engine.intercept import SiteHandler, SiteInterceptor
+from .sites import SiteSpec
 
 __all__ = ["REL_TOL", "Float64Oracle", "float64_oracle", "assert_counts_match"]
 

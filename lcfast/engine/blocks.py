@@ -17,8 +17,9 @@ with its own ``forward`` is never second-guessed):
 
 Such modules get an instance-level ``forward`` for the duration of the forward
 pass (removed afterwards, also on exceptions: the model is left as found).  A
-fused act module is not called, so the site is named and recorded here exactly as
-:class:`lcfast.sites.SiteInterceptor` would (``"<act module>#k"``).  Modules with
+fused act module is not called, so the site is reported with
+:meth:`lcfast.engine.intercept.SiteInterceptor.add_site` (named ``"<act module>#k"``,
+as if the module had been called).  Modules with
 their own hooks are never fused (their hooks would not fire), and every fused
 step falls back to the plain module calls when its input is not the vertex batch
 in dim 0 or its dtype/device/shape is not handled; those calls then go through the
@@ -109,10 +110,10 @@ def plan_sequential(seq: nn.Sequential) -> list[tuple] | None:
 
 
 class FuseContext:
-    """What the fused forwards need: the interceptor (naming, recording) and ``V``."""
+    """What the fused forwards need: the interceptor (sites are reported to it) and ``V``."""
 
-    def __init__(self, icpt, V: int, bn_cache: dict | None = None):
-        self.icpt, self.V = icpt, V
+    def __init__(self, interceptor, V: int, bn_cache: dict | None = None):
+        self.interceptor, self.V = interceptor, V
         #: folded (scale, shift) per BN module; the backend keeps it across the chunks
         #: of one measurement (weights do not change during it)
         self.bn_cache = {} if bn_cache is None else bn_cache
@@ -121,14 +122,12 @@ class FuseContext:
         from ..ops.triton_linear_crossing_act import MAX_FUSED_V
         self.max_v = MAX_FUSED_V
 
-    def _site(self, act_mod: nn.Module, out: torch.Tensor, counts: torch.Tensor, kind: str) -> None:
+    def _site(self, act_mod: nn.Module, neurons: int, counts: torch.Tensor, kind: str) -> None:
         self.stats[kind] = self.stats.get(kind, 0) + 1
-        owner = self.icpt._modname.get(act_mod, "")
-        self.icpt._add_site(owner, out, 0)
-        self.icpt._record(counts)
+        self.interceptor.add_site(act_mod, counts, neurons)
 
     def _batch(self, x) -> bool:
-        return isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[0] == self.icpt.rows
+        return isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[0] == self.interceptor.rows
 
     # -- Linear -> act ------------------------------------------------------
     def _gemm_ok(self, x, *lins) -> bool:
@@ -147,7 +146,7 @@ class FuseContext:
         out, counts = torch.ops.lcfast.triton_linear_crossing_act(
             x.reshape(-1, x.shape[-1]), lin.weight, lin.bias, self.V, T, kind, slope)
         out = out.reshape(*x.shape[:-1], lin.out_features)
-        self._site(act, out, counts, "linear_act")
+        self._site(act, out[0].numel(), counts, "linear_act")
         return out
 
     def mlp(self, lin1: nn.Linear, act: nn.Module, lin2: nn.Linear, x):
@@ -157,7 +156,7 @@ class FuseContext:
         T = math.prod(x.shape[1:-1])
         out, counts = torch.ops.lcfast.triton_mlp_block(
             x.reshape(-1, x.shape[-1]), lin1.weight, lin1.bias, lin2.weight, lin2.bias, self.V, T, kind)
-        self._site(act, x.new_empty(()).expand(*x.shape[:-1], lin1.out_features), counts, "mlp")
+        self._site(act, math.prod(x.shape[1:-1]) * lin1.out_features, counts, "mlp")
         return out.reshape(*x.shape[:-1], lin2.out_features)
 
     # -- BN -> (+ residual) -> act -------------------------------------------
@@ -179,7 +178,7 @@ class FuseContext:
             hit = self.bn_cache[bn] = (key, fold_bn(bn))
         scale, shift = hit[1]
         out, counts = torch.ops.lcfast.triton_bn_crossing_act(x, self.V, scale, shift, residual, spec[0], spec[1])
-        self._site(act, out, counts, "bn_act" if residual is None else "bn_add_act")
+        self._site(act, out[0].numel(), counts, "bn_act" if residual is None else "bn_add_act")
         return out
 
 

@@ -41,8 +41,10 @@ from torch.utils._pytree import tree_leaves
 
 from .. import _native
 from ..ops import crossing_act as _op
-from ..sites import ActCall, SiteHandler, SiteInterceptor, SiteSpec
+from ..neighborhood import vertices
+from ..sites import SiteSpec
 from .base import Backend, ChunkResult
+from .intercept import ActCall, Site, SiteHandler, SiteInterceptor
 
 __all__ = ["NativeBackend"]
 
@@ -63,17 +65,14 @@ class _NativeHandler(SiteHandler):
     def count(self, pre, V):
         return _count(pre, V)
 
-    def count_act(self, pre: torch.Tensor, V: int, call: ActCall) -> torch.Tensor:
-        if (call.kind not in FUSED_KINDS or call.batch_dim != 0 or not _op.supports(pre, call.kind)
-                or not _op._rows_flat(pre)):
-            self.record(_count(pre, V))
-            return call.run()
+    def handle(self, site: Site, call: ActCall | None):
+        pre, V = site.value, site.V
+        if (call is None or call.kind not in FUSED_KINDS or site.batch_dim != 0
+                or not _op.supports(pre, call.kind) or not _op._rows_flat(pre)):
+            return super().handle(site, call)
         if call.inplace:
-            self.record(torch.ops.lcfast.crossing_act_(pre, V, call.kind, call.slope))
-            return pre
-        out, counts = torch.ops.lcfast.crossing_act(pre, V, call.kind, call.slope)
-        self.record(counts)
-        return out
+            return pre, torch.ops.lcfast.crossing_act_(pre, V, call.kind, call.slope)
+        return torch.ops.lcfast.crossing_act(pre, V, call.kind, call.slope)
 
 
 class _Vertices:
@@ -115,13 +114,8 @@ class _Vertices:
     def fill(self) -> None:
         if self.filled:
             return
-        rd = self.scratch.get("rd", self.dirs.numel(), self.x).view(self.dirs.shape)
-        torch.mul(self.dirs, self.radius, out=rd)  # same rounding as neighborhood.vertices
-        v = self.v.view(self.n, 2, self.P, *self.x.shape[1:])
-        c = self.x.unsqueeze(1)
-        d = rd.unsqueeze(0) if self.shared else rd
-        torch.add(c, d, out=v[:, 0])
-        torch.sub(c, d, out=v[:, 1])
+        vertices(self.x, self.dirs, self.radius, out=self.v,
+                 work=self.scratch.get("rd", self.dirs.numel(), self.x))
         self.filled = True
         self.version = self.v._version
 
@@ -287,7 +281,8 @@ class NativeBackend(Backend):
         buf = self._buffers.get("v", n * V * x[0].numel(), x)
         verts = _Vertices(buf, x, directions, radius, self._buffers,
                           lazy=self.antisymmetric_first_layer and _lazy_ok(model))
-        icpt = _NativeInterceptor(model, spec, self.handler(), n * V, V, verts, self.antisymmetric_first_layer)
-        with icpt:
+        interceptor = _NativeInterceptor(model, spec, self.handler(), n * V, V, verts,
+                                         self.antisymmetric_first_layer)
+        with interceptor:
             model(verts.v)
-        return ChunkResult.of(icpt, n)
+        return ChunkResult.of(interceptor, n)

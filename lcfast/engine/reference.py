@@ -1,18 +1,22 @@
 """The reference backend: the oracle every other backend is tested against.
 
-All ``N * 2P`` vertices go through the real model; at each site the crossing rule
-of DESIGN.md section 1.4 is evaluated with plain PyTorch, then the model's own
-activation call runs unchanged.  Readable on purpose; optimized backends never
-import this file.
+All ``n * 2P`` vertices of a chunk go through the real model; at each site the
+crossing rule of DESIGN.md section 1.4 is evaluated with plain PyTorch, then the
+model's own activation call runs unchanged.  Reads top to bottom: the rule
+(:func:`crossing_counts`), the handler that applies it at a site, the chunk.
+Readable on purpose; optimized backends never import this file.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn as nn
 
-from ..sites import SiteHandler
-from .base import Backend
+from ..neighborhood import vertices
+from ..sites import SiteSpec
+from .base import Backend, ChunkResult
+from .intercept import SiteHandler, SiteInterceptor
 
 __all__ = ["crossing_counts", "ReferenceBackend"]
 
@@ -41,6 +45,9 @@ def crossing_counts(pre: torch.Tensor, V: int) -> torch.Tensor:
 
 
 class _ReferenceHandler(SiteHandler):
+    """Counts with :func:`crossing_counts`; the model's own call runs unchanged
+    (:meth:`SiteHandler.handle`'s default)."""
+
     def count(self, pre, V):
         return crossing_counts(pre, V)
 
@@ -52,3 +59,15 @@ class ReferenceBackend(Backend):
 
     def handler(self):
         return _ReferenceHandler()
+
+    def run_chunk(self, model: nn.Module, x: torch.Tensor, directions: torch.Tensor, radius: float,
+                  spec: SiteSpec) -> ChunkResult:
+        """Measure ``n`` points: ``x`` ``(n, *S)``, ``directions`` ``(n, P, *S)`` or
+        ``(P, *S)``; every vertex through the model.  Returns counts ``(n, L)``."""
+        n = x.shape[0]
+        V = 2 * directions.shape[-x.dim()]
+        v = vertices(x, directions, radius)
+        interceptor = SiteInterceptor(model, spec, self.handler(), n * V, V)
+        with interceptor:
+            model(v)
+        return ChunkResult.of(interceptor, n)

@@ -24,8 +24,9 @@ import torch
 import torch.nn as nn
 
 from ..neighborhood import vertices
-from ..sites import ActCall, SiteHandler, SiteSpec
+from ..sites import SiteSpec
 from .base import Backend, ChunkResult
+from .intercept import ActCall, Site, SiteHandler
 
 __all__ = ["TritonBackend"]
 
@@ -48,17 +49,17 @@ class _TritonHandler(SiteHandler):
             pre = pre.float()
         return torch.ops.lcfast.triton_crossing_count(pre, V)
 
-    def count_act(self, pre: torch.Tensor, V: int, call: ActCall) -> torch.Tensor:
-        if call.kind not in self.act_codes or pre.dtype not in self.dtypes:
-            self.record(self.count(pre, V))
-            return call.run()
-        out, counts = torch.ops.lcfast.triton_crossing_act(pre, V, call.kind, call.slope)
-        self.record(counts)
+    def handle(self, site: Site, call: ActCall | None):
+        pre = site.value
+        if (call is None or call.kind not in self.act_codes or site.batch_dim != 0
+                or pre.dtype not in self.dtypes):
+            return super().handle(site, call)
+        out, counts = torch.ops.lcfast.triton_crossing_act(pre, site.V, call.kind, call.slope)
         if call.inplace:
             # in-place semantics: the caller may keep using its input tensor
             pre.copy_(out)
-            return pre
-        return out
+            return pre, counts
+        return out, counts
 
 
 class TritonBackend(Backend):
@@ -110,13 +111,13 @@ class TritonBackend(Backend):
         n = x.shape[0]
         V = 2 * directions.shape[-x.dim()]
         v = vertices(x, directions, radius)
-        icpt = self.interceptor(model, spec, n * V, V)
-        with icpt:
+        interceptor = self.interceptor(model, spec, n * V, V)
+        with interceptor:
             if self.fuse_blocks and spec.activations:
-                ctx = FuseContext(icpt, V, self._bn_cache)
+                ctx = FuseContext(interceptor, V, self._bn_cache)
                 with fused_forwards(model, ctx):
                     model(v)
                 self.last_fused = dict(ctx.stats)
             else:
                 model(v)
-        return ChunkResult.of(icpt, n)
+        return ChunkResult.of(interceptor, n)

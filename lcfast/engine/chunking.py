@@ -1,0 +1,131 @@
+"""How many points one forward measures: the memory budget, the size probe and the plan.
+
+A measurement runs its first chunk (one point) under a :class:`SizeProbe`, which
+records the largest tensor the forward makes; :class:`ChunkPlan` turns that into
+points per chunk for the rest.  A given ``chunk_size`` skips the probe.  Chunking
+never changes a result (frames depend only on ``(seed, id)``).
+
+Later work extends the plan here, not in the loop: rows per point other than ``2P``
+(``rows_per_point``), a lower budget or halving after an out-of-memory error (set
+:attr:`ChunkPlan.size`; :meth:`ChunkPlan.spans` reads it before every chunk).
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+
+__all__ = ["ChunkPlan", "SizeProbe", "memory_budget", "points_per_chunk", "MAX_ROWS"]
+
+#: Largest batch (rows) of one forward, per device type.  CPU: 2 cores saturate well
+#: below this.  CUDA: not measured (set without a GPU).
+MAX_ROWS = {"cpu": 16384, "cuda": 1 << 16}
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes one chunk may use: 40% of free GPU memory, or on CPU 25% of available
+    RAM capped at 2 GiB (larger CPU batches were not faster in our measurements and
+    the 10,000-point MNIST run must stay under 4 GiB).  ``LCFAST_CHUNK_BYTES``
+    overrides."""
+    env = os.environ.get("LCFAST_CHUNK_BYTES")
+    if env:
+        return int(env)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.4)
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    cap = 2 << 30
+    return min(cap, avail // 4) if avail else cap
+
+
+class SizeProbe(TorchFunctionMode):
+    """Records the largest tensor any call of the forward returns (:attr:`max_bytes`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_bytes = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):  # custom ops may return tuples
+            if isinstance(t, torch.Tensor):
+                self.max_bytes = max(self.max_bytes, t.numel() * t.element_size())
+        return out
+
+
+def points_per_chunk(peak_bytes_per_row: float, input_bytes_per_point: int, rows_per_point: int,
+                     device: torch.device, max_rows: int | None = None) -> int:
+    """How many points fit the memory budget.  Live memory of a forward is taken as
+    4x its largest intermediate (input, output, a residual and a workspace), plus the
+    points' inputs twice (centres and directions).
+
+    Args:
+        peak_bytes_per_row: the probe's largest tensor divided by the rows it had.
+        input_bytes_per_point: bytes of one point's input row.
+        rows_per_point: batch rows one point needs (``2P`` vertices).
+        device: where the forward runs (its budget, its :data:`MAX_ROWS`).
+        max_rows: cap on rows per forward (default :data:`MAX_ROWS` of the device).
+    """
+    if max_rows is None:
+        max_rows = MAX_ROWS.get(device.type, 1 << 16)
+    per_point = rows_per_point * (4 * peak_bytes_per_row + 2 * input_bytes_per_point / rows_per_point) + 1
+    n = int(memory_budget(device) // per_point)
+    return max(1, min(n, max(1, max_rows // rows_per_point)))
+
+
+class ChunkPlan:
+    """Points per chunk of one measurement.
+
+    Args:
+        n_points: ``N``.
+        rows_per_point: batch rows per point (``2P``).
+        input_bytes_per_point: bytes of one point in the compute dtype.
+        device: where the forward runs.
+        size: points per chunk given by the user, or ``None`` (then probe first).
+
+    Example:
+        >>> plan = ChunkPlan(10, 4, 80, torch.device("cpu"), size=4)
+        >>> list(plan.spans())
+        [(0, 4), (4, 8), (8, 10)]
+    """
+
+    #: points measured under the probe when no size is given
+    probe_points = 1
+
+    def __init__(self, n_points: int, rows_per_point: int, input_bytes_per_point: int, device: torch.device,
+                 size: int | None = None):
+        self.n_points, self.rows_per_point = n_points, rows_per_point
+        self.input_bytes_per_point, self.device = input_bytes_per_point, device
+        #: points per chunk; ``None`` until :meth:`calibrate` when not given
+        self.size = size
+
+    @property
+    def needs_probe(self) -> bool:
+        return self.size is None
+
+    def calibrate(self, probe: SizeProbe, points: int) -> int:
+        """Set :attr:`size` from a probe that watched the forward of ``points`` points."""
+        rows = max(1, points * self.rows_per_point)
+        self.size = points_per_chunk(probe.max_bytes / rows, self.input_bytes_per_point, self.rows_per_point,
+                                     self.device)
+        return self.size
+
+    def spans(self, start: int = 0) -> Iterator[tuple[int, int]]:
+        """``(lo, hi)`` point ranges from ``start`` to ``n_points``; :attr:`size` is read
+        before each chunk, so a caller may lower it between chunks."""
+        lo = start
+        while lo < self.n_points:
+            hi = min(self.n_points, lo + self.size)
+            yield lo, hi
+            lo = hi
