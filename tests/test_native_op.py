@@ -9,15 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lcfast import _native
+from lcfast import _native, acts
 
 pytestmark = pytest.mark.skipif(not _native.available(), reason=f"lcfast._C not built: {_native.ERROR}")
 
 if _native.available():
     from lcfast.ops.crossing_act import crossing_act, crossing_act_, crossing_count
 
-ACTS = [("relu", 0.0), ("leaky_relu", 0.1), ("leaky_relu", 2.5), ("gelu", 0.0), ("gelu_tanh", 0.0),
-        ("identity", 0.0)]
+#: every kind with a native kernel (lcfast.acts), leaky_relu with two slopes
+ACTS = [(k, 0.0) for k in acts.kernel_codes("native") if k != "leaky_relu"] + [("leaky_relu", 0.1),
+                                                                               ("leaky_relu", 2.5)]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 
 
@@ -27,9 +28,8 @@ def expected(pre: torch.Tensor, V: int, act: str, slope: float):
     z = pre.reshape(n, V, pre[0].numel() if n else pre.shape[1:].numel())
     mn, mx = z.amin(1), z.amax(1)
     same = (mn > 0) | (mx < 0) | ((mn == 0) & (mx == 0))
-    fn = {"relu": torch.relu, "leaky_relu": lambda t: F.leaky_relu(t, slope), "gelu": F.gelu,
-          "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "identity": torch.clone}[act]
-    return fn(pre), (~same).sum(1)
+    out = F.leaky_relu(pre, slope) if act == "leaky_relu" else acts.by_kind[act].fn(pre).clone()
+    return out, (~same).sum(1)
 
 
 def assert_out_equal(out, ref, act):

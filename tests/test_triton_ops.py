@@ -13,6 +13,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from lcfast import acts  # noqa: E402
 from lcfast.engine.reference import crossing_counts  # noqa: E402  (the oracle, tests only)
 from lcfast.ops import triton_bn_crossing_act as bn_op  # noqa: E402
 from lcfast.ops import triton_crossing_act as epi_op  # noqa: E402
@@ -34,16 +35,10 @@ ACT_TOL = {
 
 
 def torch_act(z, act, slope=0.0):
-    return {
-        "identity": lambda t: t.clone(),
-        "relu": torch.relu,
-        "leaky_relu": lambda t: F.leaky_relu(t, slope),
-        "gelu": F.gelu,
-        "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
-        "silu": F.silu,
-        "tanh": torch.tanh,
-        "sigmoid": torch.sigmoid,
-    }[act](z)
+    """The catalogue row's PyTorch function (lcfast.acts)."""
+    if act == "leaky_relu":
+        return F.leaky_relu(z, slope)
+    return acts.by_kind[act].fn(z).clone()
 
 
 def tie_data(rows, feat, dtype, seed=0):
@@ -97,7 +92,7 @@ def test_epilogue_shapes_exact(V, N, kind):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-@pytest.mark.parametrize("act", ["identity", "relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("act", list(acts.kernel_codes("triton")))
 def test_epilogue_acts_dtypes(dtype, act):
     V, N = 6, 5
     pre = torch.cat([tie_data(N * V, (17,), dtype, seed=1),

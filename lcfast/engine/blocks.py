@@ -35,10 +35,9 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-__all__ = ["act_spec", "plan_sequential", "fused_forwards", "FuseContext"]
+from ..acts import GEMM_DTYPES, KERNEL_DTYPES, module_act
 
-_GEMM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_EPI_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+__all__ = ["act_spec", "plan_sequential", "fused_forwards", "FuseContext"]
 
 
 def _no_hooks(m: nn.Module) -> bool:
@@ -46,23 +45,12 @@ def _no_hooks(m: nn.Module) -> bool:
 
 
 def act_spec(m: nn.Module) -> tuple[str, float] | None:
-    """``(kind, slope)`` of an activation module the kernels implement, else ``None``."""
-    if not _no_hooks(m):
+    """``(kind, slope)`` of an activation module (exact type, no hooks) that the Triton
+    backend fuses (:mod:`lcfast.acts`), else ``None``."""
+    hit = module_act(m) if _no_hooks(m) else None
+    if hit is None or "triton" not in hit[0].fused_by:
         return None
-    t = type(m)
-    if t is nn.ReLU:
-        return "relu", 0.0
-    if t is nn.LeakyReLU:
-        return "leaky_relu", float(m.negative_slope)
-    if t is nn.GELU:
-        return ("gelu_tanh" if m.approximate == "tanh" else "gelu"), 0.0
-    if t is nn.SiLU:
-        return "silu", 0.0
-    if t is nn.Tanh:
-        return "tanh", 0.0
-    if t is nn.Sigmoid:
-        return "sigmoid", 0.0
-    return None
+    return hit[0].kind, hit[1]
 
 
 def _is_linear(m) -> bool:
@@ -133,7 +121,7 @@ class FuseContext:
     def _gemm_ok(self, x, *lins) -> bool:
         """The fused GEMM handles ``x`` ``(rows, *T, K)`` in float32/bf16/fp16 with
         weights of the same dtype and device, and ``V <= MAX_FUSED_V``."""
-        return (self._batch(x) and x.dtype in _GEMM_DTYPES and self.V <= self.max_v
+        return (self._batch(x) and x.dtype in GEMM_DTYPES and self.V <= self.max_v
                 and x.shape[-1] == lins[0].in_features
                 and all(lin.weight.dtype == x.dtype and lin.weight.device == x.device
                         and (lin.bias is None or lin.bias.dtype == x.dtype) for lin in lins))
@@ -163,7 +151,7 @@ class FuseContext:
     def bn_act(self, bn, act: nn.Module, x, residual=None):
         spec = act_spec(act)
         ok = (spec is not None and _is_bn(bn) and not bn.training and self._batch(x)
-              and x.dtype in _EPI_DTYPES and x.shape[1] == bn.num_features
+              and x.dtype in KERNEL_DTYPES and x.shape[1] == bn.num_features
               and (residual is None or (isinstance(residual, torch.Tensor) and residual.shape == x.shape)))
         if not ok:
             y = bn(x)

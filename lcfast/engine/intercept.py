@@ -51,7 +51,7 @@ class ActCall:
 
     Attributes:
         kind: the catalogue kind (:data:`lcfast.acts.KINDS`, e.g. ``"relu"``,
-            ``"gelu_tanh"``) or ``"other"`` (counted, then called as written).
+            ``"gelu_tanh"``, ``"elu"``).
         slope: negative slope for ``"leaky_relu"`` (0 otherwise).
         inplace: whether the call writes into its input.
         func, args, kwargs: the call itself; ``args[0]`` is the site value.

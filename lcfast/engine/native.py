@@ -4,7 +4,7 @@ layers that read the vertex batch directly use the cross-polytope antisymmetry.
 
 * **Sites.** ReLU and LeakyReLU calls are replaced by the fused op (the in-place
   variant when the model asked for in place), whose output is bit-identical to
-  PyTorch's.  Other kinds (GELU, SiLU, tanh, "other"), sites whose batch is not in
+  PyTorch's.  Other kinds (GELU, SiLU, tanh, kinds without a kernel), sites whose batch is not in
   dim 0, and layouts the op would have to copy are counted with the count-only op and
   then the model's own call runs.  GELU is not fused here: the op's GELU uses libm's
   erf/tanh in ATen's scalar formula, PyTorch's CPU GELU its own SIMD erf (float32:
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch.utils._pytree import tree_leaves
 
 from .. import _native
+from ..acts import fused_kinds
 from ..ops import crossing_act as _op
 from ..neighborhood import vertices
 from ..sites import SiteSpec
@@ -48,8 +49,8 @@ from .intercept import ActCall, Site, SiteHandler, SiteInterceptor
 
 __all__ = ["NativeBackend"]
 
-#: ActCall kinds run by the fused op (output bit-identical to PyTorch's)
-FUSED_KINDS = ("relu", "leaky_relu")
+#: ActCall kinds run by the fused op (output bit-identical to PyTorch's; lcfast.acts)
+FUSED_KINDS = fused_kinds("native")
 
 _AFFINE = tuple(f for f in (F.linear, F.conv1d, F.conv2d, F.conv3d) if f is not None)
 

@@ -8,8 +8,8 @@ imported triton before ``TRITON_INTERPRET=1`` was set (torchvision does) they ar
 compiled-mode functions the interpreter cannot call.  Our kernels then still run
 under the interpreter, which is what CPU tests rely on.
 
-Activation codes (``ACT`` constexpr), the same table as
-:data:`lcfast.ops.triton_crossing_act.ACT_CODES`:
+Activation codes (``ACT`` constexpr) are the ``code`` column of :mod:`lcfast.acts`
+(tests/test_acts.py checks the branches below against it):
 0 identity, 1 relu, 2 leaky_relu, 3 gelu (erf), 4 gelu_tanh, 5 silu, 6 tanh, 7 sigmoid.
 """
 import triton

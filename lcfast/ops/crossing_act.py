@@ -15,12 +15,12 @@ import torch
 from torch._prims_common import is_non_overlapping_and_dense_or_false
 
 from .. import _native
+from ..acts import KERNEL_DTYPES, kernel_codes
 
 __all__ = ["ACTIVATIONS", "crossing_act", "crossing_act_", "crossing_count", "supports"]
 
-#: activation names the kernels implement
-ACTIVATIONS = ("relu", "leaky_relu", "gelu", "gelu_tanh", "identity")
-_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+#: activation names the kernels implement (lcfast.acts rows with a native kernel)
+ACTIVATIONS = tuple(kernel_codes("native"))
 
 
 def _rows_flat(pre: torch.Tensor) -> bool:
@@ -58,7 +58,7 @@ def _require():
 
 def supports(pre: torch.Tensor, act: str = "identity") -> bool:
     """Whether the op covers ``pre`` (dtype, device kernel) and ``act``."""
-    return (_native.ERROR is None and act in ACTIVATIONS and pre.dtype in _DTYPES and pre.dim() >= 1
+    return (_native.ERROR is None and act in ACTIVATIONS and pre.dtype in KERNEL_DTYPES and pre.dim() >= 1
             and _native.has_kernel("crossing_act", pre.device.type))
 
 

@@ -1,6 +1,6 @@
 """``lcfast::triton_crossing_count``: crossed neurons per point, read-only pass.
 
-Used at sites whose activation Triton does not implement (ELU, Mish, "other") and
+Used at sites whose activation Triton does not implement (ELU, Mish, ... see lcfast.acts) and
 at module-output sites; the model's own activation then runs unchanged.
 """
 from __future__ import annotations

@@ -9,6 +9,7 @@ import triton
 from torch.library import triton_op, wrap_triton
 
 from ..kernels.triton_linear_crossing import linear_crossing_kernel
+from ..acts import GEMM_DTYPES
 from .triton_util import act_code, check_runnable
 
 __all__ = ["triton_linear_crossing_act", "launch_linear", "linear_tiles", "MAX_FUSED_V"]
@@ -51,7 +52,7 @@ def launch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"x (M, K) and weight (NOUT, K) expected, got {tuple(x.shape)}, {tuple(weight.shape)}")
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
+    if x.dtype not in GEMM_DTYPES or weight.dtype != x.dtype:
         raise ValueError(f"x and weight must share a dtype in float32/bfloat16/float16, got {x.dtype}, {weight.dtype}")
     if not 1 <= V <= MAX_FUSED_V:
         raise ValueError(f"V must be in [1, {MAX_FUSED_V}], got {V}")

@@ -32,16 +32,16 @@ import math
 
 import torch
 
+from ..acts import KERNEL_DTYPES, kernel_codes
+
 __all__ = ["ACT_CODES", "act_code", "check_runnable", "dense_batch_major", "channel_div",
            "epilogue_blocks", "SUPPORTED_DTYPES"]
 
-#: Activation name -> ``ACT`` constexpr of :func:`lcfast.kernels.triton_act.apply_act`.
-ACT_CODES = {
-    "identity": 0, "relu": 1, "leaky_relu": 2, "gelu": 3, "gelu_tanh": 4,
-    "silu": 5, "tanh": 6, "sigmoid": 7,
-}
+#: Activation name -> ``ACT`` constexpr of :func:`lcfast.kernels.triton_act.apply_act`
+#: (the :mod:`lcfast.acts` rows with a Triton kernel).
+ACT_CODES = kernel_codes("triton")
 
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+SUPPORTED_DTYPES = KERNEL_DTYPES
 
 
 def act_code(act: str) -> int:
