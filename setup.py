@@ -65,8 +65,7 @@ def _extensions():
         ext = CUDAExtension(
             "lcfast._C",
             cpp + cu,
-            extra_compile_args={"cxx": cxx + ["-DLCFAST_WITH_CUDA"],
-                                "nvcc": ["-O3", "-std=c++20", "-DLCFAST_WITH_CUDA"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20"]},
             extra_link_args=ldflags,
         )
     else:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lcfast import _native
+from lcfast import _extension as _native  # renamed from lcfast._native
 
 pytestmark = pytest.mark.skipif(not _native.available(), reason=f"lcfast._C not built: {_native.ERROR}")
 

@@ -1,7 +1,7 @@
 // Schemas of the lcfast native ops (one TORCH_LIBRARY for the namespace) and the
 // Python module init of lcfast._C.  Kernels: crossing_act_cpu.cpp (CPU),
 // cuda/crossing_act_cuda.cu (CUDA).  Fake (meta) implementations are registered from
-// Python (lcfast/ops/crossing_act.py).  Triton ops of the same namespace are added
+// Python (lcfast/ops/native_crossing_act.py).  Triton ops of the same namespace are added
 // from Python with torch.library.triton_op, which registers a FRAGMENT and coexists
 // with this library in either import order.
 #include <Python.h>

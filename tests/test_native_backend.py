@@ -11,11 +11,11 @@ import torch
 import torch.nn as nn
 
 import lcfast
-from lcfast import _native
+from lcfast import _extension
 
 import zoo
 
-pytestmark = pytest.mark.skipif(not _native.available(), reason=f"lcfast._C not built: {_native.ERROR}")
+pytestmark = pytest.mark.skipif(not _extension.available(), reason=f"lcfast._C not built: {_extension.ERROR}")
 
 MODELS = {
     "mlp": (zoo.mlp, (23, 20)),

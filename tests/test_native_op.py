@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lcfast import _native, acts
+from lcfast import _extension, acts
 
-pytestmark = pytest.mark.skipif(not _native.available(), reason=f"lcfast._C not built: {_native.ERROR}")
+pytestmark = pytest.mark.skipif(not _extension.available(), reason=f"lcfast._C not built: {_extension.ERROR}")
 
-if _native.available():
-    from lcfast.ops.crossing_act import crossing_act, crossing_act_, crossing_count
+if _extension.available():
+    from lcfast.ops.native_crossing_act import crossing_act, crossing_act_, crossing_count
 
 #: every kind with a native kernel (lcfast.acts), leaky_relu with two slopes
 ACTS = [(k, 0.0) for k in acts.kernel_codes("native") if k != "leaky_relu"] + [("leaky_relu", 0.1),
@@ -171,7 +171,7 @@ assert torch.ops.lcfast.crossing_count(x, 2).tolist() == [1]
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and _native.has_kernel("crossing_act", "cuda")),
+@pytest.mark.skipif(not (torch.cuda.is_available() and _extension.has_kernel("crossing_act", "cuda")),
                     reason="no CUDA device or lcfast._C built without CUDA")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("act,slope", ACTS)

@@ -325,9 +325,9 @@ def test_kernels_run_when_triton_was_imported_first():
 def test_interchangeable_with_native_op(act):
     """Where the compiled extension is built, lcfast::crossing_act and
     lcfast::triton_crossing_act give identical results (exact acts)."""
-    from lcfast import _native
-    if not _native.has_kernel("crossing_act", "cpu"):
-        pytest.skip(f"native extension not available: {_native.ERROR}")
+    from lcfast import _extension
+    if not _extension.has_kernel("crossing_act", "cpu"):
+        pytest.skip(f"native extension not available: {_extension.ERROR}")
     for V, N, kind in [(2, 37, "contiguous"), (6, 1, "channels_last"), (50, 3, "noncontig")]:
         pre = layout(tie_data(N * V, (3, 5, 7), torch.float32, seed=V), kind)
         o1, c1 = ops.crossing_act(pre, V, act, 0.1)

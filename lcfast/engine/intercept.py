@@ -227,12 +227,12 @@ class SiteInterceptor(TorchFunctionMode):
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"sites: module {name!r} returned {type(output).__name__}, expected a Tensor")
         with torch._C.DisableTorchFunction():
-            bdim = self.handler.batch_dim(output, self.rows)
-            if bdim is None:
+            batch_dim = self.handler.batch_dim(output, self.rows)
+            if batch_dim is None:
                 raise ValueError(
                     f"sites: output of module {name!r} has shape {tuple(output.shape)}, with no dimension "
                     f"of the batch size {self.rows}")
-            out = self._handle(self._new_site(name, output, bdim, True), None)
+            out = self._handle(self._new_site(name, output, batch_dim, True), None)
         return None if out is output else out
 
     def __enter__(self):
@@ -265,8 +265,8 @@ class SiteInterceptor(TorchFunctionMode):
         if parsed is None:
             return func(*args, **kwargs)
         pre = args[0]
-        bdim = self.handler.batch_dim(pre, self.rows)
-        if bdim is None or not pre.is_floating_point():
+        batch_dim = self.handler.batch_dim(pre, self.rows)
+        if batch_dim is None or not pre.is_floating_point():
             return func(*args, **kwargs)  # not a per-sample tensor: not a site
         owner_mod = self._stack[-1] if self._stack else self.model
         owner = self.module_name(owner_mod)
@@ -274,7 +274,7 @@ class SiteInterceptor(TorchFunctionMode):
             fname = (getattr(func, "__name__", None) or str(func)).rstrip("_")
             owner = f"{owner}.{fname}" if owner else fname
         call = ActCall(*parsed, func, args, kwargs)
-        return self._handle(self._new_site(owner, pre, bdim, False), call)
+        return self._handle(self._new_site(owner, pre, batch_dim, False), call)
 
     # -- results ---------------------------------------------------------------
     def counts(self, n: int, device=None) -> torch.Tensor:

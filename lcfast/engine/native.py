@@ -39,9 +39,9 @@ import torch.nn.functional as F
 
 from torch.utils._pytree import tree_leaves
 
-from .. import _native
+from .. import _extension
 from ..acts import fused_kinds
-from ..ops import crossing_act as _op
+from ..ops import native_crossing_act as native_op
 from ..neighborhood import vertices
 from ..sites import SiteSpec
 from .base import Backend, ChunkResult
@@ -57,7 +57,7 @@ _AFFINE = tuple(f for f in (F.linear, F.conv1d, F.conv2d, F.conv3d) if f is not 
 
 def _count(pre: torch.Tensor, V: int) -> torch.Tensor:
     """``(n*V, *F) -> LongTensor (n,)`` with the count-only op."""
-    if not _op.supports(pre):
+    if not native_op.supports(pre):
         pre = pre.to(torch.float64)  # every floating dtype converts exactly
     return torch.ops.lcfast.crossing_count(pre, V)
 
@@ -69,7 +69,7 @@ class _NativeHandler(SiteHandler):
     def handle(self, site: Site, call: ActCall | None):
         pre, V = site.value, site.V
         if (call is None or call.kind not in FUSED_KINDS or site.batch_dim != 0
-                or not _op.supports(pre, call.kind) or not _op._rows_flat(pre)):
+                or not native_op.supports(pre, call.kind) or not native_op.rows_flat(pre)):
             return super().handle(site, call)
         if call.inplace:
             return pre, torch.ops.lcfast.crossing_act_(pre, V, call.kind, call.slope)
@@ -258,12 +258,12 @@ class NativeBackend(Backend):
 
     @classmethod
     def unavailable(cls, device: torch.device) -> str | None:
-        if _native.ERROR is not None:
-            return _native.ERROR
+        if _extension.ERROR is not None:
+            return _extension.ERROR
         device = torch.device(device)
         if device.type not in ("cpu", "cuda"):
             return f"lcfast._C has no kernels for device type {device.type!r}"
-        if not _native.has_kernel("crossing_act", device.type):
+        if not _extension.has_kernel("crossing_act", device.type):
             return (f"lcfast._C was built without {device.type.upper()} kernels (rebuild with a CUDA-enabled "
                     "torch and nvcc present, without LCFAST_NO_CUDA=1)")
         return None

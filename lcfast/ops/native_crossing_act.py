@@ -1,9 +1,10 @@
-"""``lcfast::crossing_act``: crossing count and activation of a site in one pass.
+"""The native op ``lcfast::crossing_act`` (C++/CUDA, beside the Triton
+``ops/triton_crossing_act.py``): crossing count and activation of a site in one pass.
 
 C++ kernels in ``csrc/`` (CPU, and CUDA when built with it); this file holds the fake
 (meta) implementations for ``torch.compile``/``opcheck`` and the Python wrappers.
 Importing it never fails; the wrappers raise ``RuntimeError`` when the extension is
-missing (:data:`lcfast._native.ERROR` says why).
+missing (:data:`lcfast._extension.ERROR` says why).
 
 Definition (DESIGN.md section 1.4): for ``pre`` of shape ``(n*V, *F)`` with the ``V``
 vertices of each point contiguous, neuron ``j`` of point ``p`` is crossed when the
@@ -14,16 +15,16 @@ from __future__ import annotations
 import torch
 from torch._prims_common import is_non_overlapping_and_dense_or_false
 
-from .. import _native
+from .. import _extension
 from ..acts import KERNEL_DTYPES, kernel_codes
 
-__all__ = ["ACTIVATIONS", "crossing_act", "crossing_act_", "crossing_count", "supports"]
+__all__ = ["ACTIVATIONS", "crossing_act", "crossing_act_", "crossing_count", "rows_flat", "supports"]
 
 #: activation names the kernels implement (lcfast.acts rows with a native kernel)
 ACTIVATIONS = tuple(kernel_codes("native"))
 
 
-def _rows_flat(pre: torch.Tensor) -> bool:
+def rows_flat(pre: torch.Tensor) -> bool:
     """Mirror of ``row_flat`` in csrc/crossing_act.h: every row is one dense block."""
     if not is_non_overlapping_and_dense_or_false(pre):
         return False
@@ -34,10 +35,10 @@ def _rows_flat(pre: torch.Tensor) -> bool:
 def _fake_out(pre: torch.Tensor) -> torch.Tensor:
     # row-flat inputs keep their strides (contiguous, channels-last, ...); others are
     # read from a contiguous copy, so the output is contiguous
-    return torch.empty_like(pre) if _rows_flat(pre) else torch.empty(pre.shape, dtype=pre.dtype, device=pre.device)
+    return torch.empty_like(pre) if rows_flat(pre) else torch.empty(pre.shape, dtype=pre.dtype, device=pre.device)
 
 
-if _native.available():
+if _extension.available():
     @torch.library.register_fake("lcfast::crossing_act")
     def _crossing_act_fake(pre, V, act, slope):
         return _fake_out(pre), pre.new_empty((pre.shape[0] // V,), dtype=torch.long)
@@ -52,14 +53,14 @@ if _native.available():
 
 
 def _require():
-    if _native.ERROR is not None:
-        raise RuntimeError(f"lcfast native ops are not available: {_native.ERROR}")
+    if _extension.ERROR is not None:
+        raise RuntimeError(f"lcfast native ops are not available: {_extension.ERROR}")
 
 
 def supports(pre: torch.Tensor, act: str = "identity") -> bool:
     """Whether the op covers ``pre`` (dtype, device kernel) and ``act``."""
-    return (_native.ERROR is None and act in ACTIVATIONS and pre.dtype in KERNEL_DTYPES and pre.dim() >= 1
-            and _native.has_kernel("crossing_act", pre.device.type))
+    return (_extension.ERROR is None and act in ACTIVATIONS and pre.dtype in KERNEL_DTYPES and pre.dim() >= 1
+            and _extension.has_kernel("crossing_act", pre.device.type))
 
 
 def crossing_act(pre: torch.Tensor, V: int, act: str = "relu", slope: float = 0.0):

@@ -1,4 +1,6 @@
-"""Loads the compiled extension ``lcfast._C`` (C++/CUDA kernels, see ``csrc/``).
+"""The compiled extension ``lcfast._C`` (C++/CUDA kernels, see ``csrc/``): loads it and
+says why not.  (The native *backend* that uses its ops is :mod:`lcfast.engine.native`;
+the op wrappers are :mod:`lcfast.ops.native_crossing_act`.)
 
 Importing this module never fails: :data:`ERROR` is ``None`` when the extension is
 loaded (its ops are then in ``torch.ops.lcfast``), else the reason it is not, for
