@@ -7,6 +7,7 @@ import dataclasses
 import math
 import numbers
 import time
+import warnings
 from typing import Sequence
 
 import torch
@@ -43,6 +44,7 @@ def local_complexity(
     chunk_size: int | None = None,
     progress: bool = False,
     shared_directions: bool = False,
+    check_directions: bool = True,
 ) -> LCResult:
     """Local complexity of ``model`` around each point of ``x``.
 
@@ -59,16 +61,26 @@ def local_complexity(
             ``directions`` is given.
         seed: the frame of point ``i`` depends only on ``(seed, ids[i])``.
         ids: ``(N,)`` global sample ids (default ``arange(N)``).
-        directions: ``(P, *S)`` shared or ``(N, P, *S)`` per point, used as given
-            (not normalised).
+        directions: ``(P, *S)`` shared or ``(N, P, *S)`` per point, or flat
+            ``(P, D)`` / ``(N, P, D)`` with ``D = prod(S)`` (the paper's frame matrix).
+            Directions are unit vectors and the radius scales them: they are used as
+            given (not normalised), and a warning names the worst deviation when they
+            are far from orthonormal (see ``check_directions``).
         sites: ``"activations"`` (inputs of every nonlinearity call) or a list of
-            module names / ``nn.Module`` types whose outputs are sites.
+            module names / ``nn.Module`` types whose outputs are sites.  Names: an
+            activation site is ``"<owner>#k"`` (``"layer1.0.relu#2"``: the second call
+            of that module; a functional call is owned by the running module plus the
+            function, ``"block.relu#1"``); a module-output site is the module's name
+            (``"fc1"``), or ``"fc1#k"`` when the module runs more than once.
         backend: ``"reference"``, ``"native"``, ``"triton"`` or ``"auto"``.
         dtype: compute dtype (``None``: the model's).
         chunk_size: points per forward (``None``: fit memory).  Never changes a result.
         progress: show a tqdm progress bar.
         shared_directions: one random frame (from ``seed``) for all points, as the
             paper's code does, instead of one per point.
+        check_directions: warn (once per call) when given ``directions`` have a norm
+            or a pairwise inner product off by more than ``1e-3`` from orthonormal;
+            ``False`` skips the check.
 
     Returns:
         :class:`LCResult` with ``counts`` ``(N, L)``, ``sites`` (L names),
@@ -85,7 +97,7 @@ def local_complexity(
         (torch.Size([5, 1]), ['1#1'])
     """
     request = _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, dtype, chunk_size,
-                        shared_directions)
+                        shared_directions, check_directions)
     plan = _plan(request)
     t0 = time.perf_counter()
     counts, names, neurons = _run(request, plan, progress)
@@ -130,7 +142,7 @@ class _Request:
 
 
 def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, dtype, chunk_size,
-              shared_directions) -> _Request:
+              shared_directions, check_directions) -> _Request:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     compiled = False
@@ -162,6 +174,8 @@ def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, d
         raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if not isinstance(check_directions, bool):
+        raise TypeError(f"check_directions must be a bool, got {check_directions!r}")
 
     if ids is None:
         ids_t = torch.arange(N, dtype=torch.long)
@@ -172,21 +186,14 @@ def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, d
         ids_t = ids_t.to(torch.long).cpu()
 
     if directions is not None:
-        if not isinstance(directions, torch.Tensor) or not directions.is_floating_point():
-            raise TypeError("directions must be a floating tensor of shape (P, *S) or (N, P, *S)")
-        if directions.dim() == len(S) + 1 and tuple(directions.shape[1:]) == S:
-            shared = True
-        elif directions.dim() == len(S) + 2 and directions.shape[0] == N and tuple(directions.shape[2:]) == S:
-            shared = False
-        else:
-            raise ValueError(
-                f"directions must have shape (P, {', '.join(map(str, S))}) or (N={N}, P, "
-                f"{', '.join(map(str, S))}), got {tuple(directions.shape)}")
+        directions, shared = _shaped_directions(directions, N, S)
         P = directions.shape[0] if shared else directions.shape[1]
         if P < 1:
             raise ValueError("directions must hold at least one direction (P >= 1)")
         if directions.numel() and not _all_finite(directions):
             raise ValueError("directions contains NaN or infinite values")
+        if check_directions and directions.numel():
+            _warn_if_not_orthonormal(directions, shared, P)
     else:
         if isinstance(n_dirs, bool) or not isinstance(n_dirs, numbers.Integral):
             raise TypeError(f"n_dirs must be an int, got {n_dirs!r}")
@@ -197,6 +204,67 @@ def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, d
     return _Request(model=model, x=x, radius=float(radius), seed=int(seed), ids=ids_t, directions=directions,
                     shared=shared, P=P, sites=sites, backend=backend, dtype=dtype, chunk_size=chunk_size,
                     compiled=compiled)
+
+
+def _shaped_directions(directions, N: int, S: tuple[int, ...]) -> tuple[torch.Tensor, bool]:
+    """``(directions as (P, *S) or (N, P, *S), shared)``; flat ``(P, D)`` / ``(N, P, D)``
+    rows are reshaped (a point shape that matches as given wins)."""
+    if not isinstance(directions, torch.Tensor) or not directions.is_floating_point():
+        raise TypeError("directions must be a floating tensor of shape (P, *S) or (N, P, *S)")
+    D = math.prod(S)
+    shape = tuple(directions.shape)
+    if directions.dim() == len(S) + 1 and shape[1:] == S:
+        return directions, True
+    if directions.dim() == len(S) + 2 and shape[0] == N and shape[2:] == S:
+        return directions, False
+    if directions.dim() == 2 and shape[1] == D:
+        return directions.reshape(shape[0], *S), True
+    if directions.dim() == 3 and shape[0] == N and shape[2] == D:
+        return directions.reshape(N, shape[1], *S), False
+    s = ", ".join(map(str, S))
+    raise ValueError(f"directions must have shape (P, {s}) or (N={N}, P, {s}), or flat (P, D={D}) or "
+                     f"(N={N}, P, D={D}), got {shape}")
+
+
+#: Relative deviation from orthonormal (a norm off 1, a cosine off 0) above which
+#: given directions draw a warning: far above float32 rounding of a QR frame (~1e-7).
+ORTHONORMAL_TOL = 1e-3
+
+
+def _warn_if_not_orthonormal(directions: torch.Tensor, shared: bool, P: int) -> None:
+    """One warning naming the worst norm or inner product of ``directions`` (``(P, *S)``
+    or ``(N, P, *S)``) when it deviates by more than :data:`ORTHONORMAL_TOL`."""
+    frames = directions.detach().reshape(1 if shared else directions.shape[0], P, -1)
+    dt = torch.float64 if frames.dtype == torch.float64 else torch.float32
+    worst_norm = worst_cos = (0.0, 0, 0, 0)  # (deviation, point, i, j)
+    for lo in range(0, frames.shape[0], 64):  # bounded temporaries
+        f = frames[lo:lo + 64].to(dt)
+        gram = f @ f.mT
+        norms = gram.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()  # (b, P)
+        dev = (norms - 1).abs()
+        k = int(dev.argmax())
+        if float(dev.flatten()[k]) > worst_norm[0]:
+            worst_norm = (float(dev.flatten()[k]), lo + k // P, k % P, k % P)
+        cos = (gram / (norms.unsqueeze(-1) * norms.unsqueeze(-2)).clamp_min(torch.finfo(dt).tiny)).abs()
+        cos.diagonal(dim1=-2, dim2=-1).zero_()
+        k = int(cos.argmax())
+        if P > 1 and float(cos.flatten()[k]) > worst_cos[0]:
+            b, rest = divmod(k, P * P)
+            worst_cos = (float(cos.flatten()[k]), lo + b, *sorted(divmod(rest, P)))
+    if max(worst_norm[0], worst_cos[0]) <= ORTHONORMAL_TOL:
+        return
+    where = "" if shared else "point {}, "
+    if worst_norm[0] >= worst_cos[0]:
+        dev, n, i, _ = worst_norm
+        norm = float(frames[n, i].to(dt).norm())
+        what = f"norm {norm:.6g} ({where.format(n)}direction {i})"
+    else:
+        dev, n, i, j = worst_cos
+        what = f"inner product (cosine) {dev:.3g} ({where.format(n)}directions {i} and {j})"
+    warnings.warn(
+        f"directions are not orthonormal: worst deviation {dev:.3g} > {ORTHONORMAL_TOL:g}, {what}. "
+        "They are used as given (unit vectors, scaled by radius); pass check_directions=False to "
+        "silence this.", UserWarning, stacklevel=4)
 
 
 # ---------------------------------------------------------------------------

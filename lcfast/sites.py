@@ -77,3 +77,16 @@ class SiteSpec:
         # keep model order
         order = {m: i for i, (_, m) in enumerate(named.items())}
         return SiteSpec(False, dict(sorted(chosen.items(), key=lambda kv: order[kv[0]])))
+
+    def on(self, model: nn.Module) -> "SiteSpec":
+        """The same sites on ``model``, looked up by module name (e.g. on a cast copy of
+        the model they were resolved on); ``self`` when they are ``model``'s own."""
+        if self.activations:
+            return self
+        named = dict(model.named_modules())
+        if all(named.get(n) is m for m, n in self.modules.items()):
+            return self
+        missing = [n for n in self.modules.values() if n not in named]
+        if missing:
+            raise ValueError(f"sites: model has no module named {missing[0]!r}")
+        return SiteSpec(False, {named[n]: n for n in self.modules.values()})

@@ -70,4 +70,4 @@ def test_identity_site_counts_linear_crossings():
     # point 0: neuron 0 value -0.05 +- 0.1 -> crossed; neuron 1 value 1.0 +- 0.1 -> not
     # point 1: neuron 0 value 0.2 +- 0.1 -> not; neuron 1 value -0.02 +- 0.1 -> crossed
     assert res.counts[:, 0].tolist() == [1, 1]
-    assert res.sites == ["0#1"]
+    assert res.sites == ["0"]

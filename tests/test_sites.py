@@ -52,7 +52,7 @@ def test_module_output_sites_by_type_and_name():
     model = zoo.mlp()
     x = torch.randn(4, 20)
     by_type = lcfast.local_complexity(model, x, n_dirs=3, radius=0.3, sites=[nn.Linear], backend="reference")
-    assert by_type.sites == ["0#1", "2#1", "4#1", "6#1"]  # logits included, like the paper's code
+    assert by_type.sites == ["0", "2", "4", "6"]  # logits included, like the paper's code; called once: no "#k"
     assert by_type.neurons.tolist() == [33, 33, 33, 5]
     acts = lcfast.local_complexity(model, x, n_dirs=3, radius=0.3, backend="reference")
     # a Linear output feeding a ReLU is exactly that ReLU's pre-activation

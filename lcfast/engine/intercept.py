@@ -29,7 +29,8 @@ Names (stable, documented in :func:`lcfast.local_complexity`): an activation sit
 ``"<owner>#k"``, ``owner`` the activation module's qualified name (``"layer1.0.relu"``)
 or, for a functional call, the innermost running module's name plus the function
 (``"block.relu"``, ``"relu"`` at the root), ``k`` counting that owner's calls from 1.
-A module-output site is ``"<module name>#k"`` likewise.
+A module-output site is the module's name (``"fc1"``) when the module ran once in the
+forward, ``"fc1#1"``, ``"fc1#2"``, ... when it ran more than once.
 """
 from __future__ import annotations
 
@@ -74,7 +75,9 @@ class Site:
     """One site of one forward.
 
     Attributes:
-        name: the site's name (``"<owner>#k"``).
+        name: the site's name while the forward runs (``"<owner>#k"``; a module-output
+            site of a module that runs only once is renamed ``"<module>"`` at the end:
+            read the final names from :attr:`SiteInterceptor.names`).
         value: the argument (activation site) or output (module-output site) exactly
             as the model produced it: any layout, possibly a tensor subclass.
         batch_dim: the dimension of ``value`` holding the batch (from
@@ -160,7 +163,9 @@ class SiteInterceptor(TorchFunctionMode):
 
     def __init__(self, model: nn.Module, spec: SiteSpec, handler: SiteHandler, rows: int, V: int):
         super().__init__()
-        self.model, self.spec, self.handler, self.rows, self.V = model, spec, handler, rows, V
+        # sites named by module are looked up by name on the model that runs (it may be a
+        # cast copy of the model they were resolved on)
+        self.model, self.spec, self.handler, self.rows, self.V = model, spec.on(model), handler, rows, V
         self.neurons: list[int] = []
         self._owners: list[tuple[str, int, bool]] = []  # (owner, k, module-output site)
         self._counts: list[torch.Tensor] = []
@@ -173,7 +178,8 @@ class SiteInterceptor(TorchFunctionMode):
     @property
     def names(self) -> list[str]:
         """Site names in call order (see the module doc for the rules)."""
-        return [f"{owner}#{k}" for owner, k, module_output in self._owners]
+        return [owner if (module_output and self._calls[owner] == 1) else f"{owner}#{k}"
+                for owner, k, module_output in self._owners]
 
     def module_name(self, module: nn.Module) -> str:
         """Qualified name of ``module`` in the model (``""`` for the root)."""
