@@ -107,4 +107,6 @@ def triton_crossing_act(pre: torch.Tensor, V: int, act: str, slope: float) -> tu
 
 @triton_crossing_act.register_fake
 def _(pre, V, act, slope):
-    return torch.empty_like(pre), pre.new_empty((pre.shape[0] // V,), dtype=torch.int64)
+    # the launcher's layout rule: contiguous/channels-last kept, anything else (also
+    # dense but permuted) copied to contiguous first, so the output is contiguous
+    return torch.empty_like(dense_batch_major(pre)[0]), pre.new_empty((pre.shape[0] // V,), dtype=torch.int64)
