@@ -6,7 +6,7 @@ Installs nothing, needs no network.  Sections (each recorded, errors included, a
 the JSON rewritten after each so a timeout keeps what ran):
 
 1. ``correctness``: every op against torch on the GPU -- epilogue counts *exact*
-   vs the DESIGN.md 1.4 rule on the same tensor (fp32/bf16/fp16, NCHW and
+   vs the docs/design.md#definition rule on the same tensor (fp32/bf16/fp16, NCHW and
    channels-last, V in {2, 6, 50}), activations within a per-dtype tolerance; the
    fused BN, linear and MLP-block ops vs float64 with the tolerance rule;
    ``torch.library.opcheck`` including ``test_aot_dispatch_dynamic`` (which the CPU

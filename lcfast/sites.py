@@ -1,6 +1,6 @@
 """Which calls of a forward pass are *sites*, and what they are called.
 
-A site (DESIGN.md section 1.3) is, by default, the input of every elementwise
+A site (docs/design.md#definition) is, by default, the input of every elementwise
 nonlinearity call of the forward pass, in module form (``nn.ReLU``) or functional
 form (``F.relu``, ``torch.relu``, ``x.relu()``, ...).  Calls are caught with a
 :class:`torch.overrides.TorchFunctionMode`, so a model whose ``forward`` calls

@@ -109,7 +109,7 @@ def test_epilogue_acts_dtypes(dtype, act):
 
 
 def test_epilogue_rule_cases():
-    """DESIGN 1.4 three-valued signs on hand-made groups (V = 2)."""
+    """docs/design.md#definition: three-valued signs on hand-made groups (V = 2)."""
     pre = torch.tensor([[0., 0., 1., -1., 0., 1., 2., -3.],
                         [0., 1., 1., -2., -1., -1., 2., -3.]])
     # neuron: (0,0) no | (0,1) yes | (1,1) no | (-1,-2) no | (0,-1) yes | (1,-1) yes | ties no | ties no

@@ -1,7 +1,7 @@
 """The reference backend: the oracle every other backend is tested against.
 
 All ``N * 2P`` vertices go through the real model; at each site the crossing rule
-of DESIGN.md section 1.4 is evaluated with plain PyTorch, then the model's own
+of docs/design.md#definition is evaluated with plain PyTorch, then the model's own
 activation call runs unchanged.  Readable on purpose; optimized backends never
 import this file.
 """

@@ -94,7 +94,7 @@ def triton_crossing_act(pre: torch.Tensor, V: int, act: str, slope: float) -> tu
 
     Returns:
         ``(out, counts)``: ``out`` ``(n*V, *F)`` like ``pre``; ``counts`` ``LongTensor (n,)``
-        with the DESIGN.md 1.4 rule on ``pre``.
+        with the docs/design.md#definition rule on ``pre``.
 
     Example:
         >>> out, c = torch.ops.lcfast.triton_crossing_act(torch.tensor([[1., -1.], [2., -1.]]), 2, "relu", 0.0)
