@@ -84,8 +84,12 @@ _UNIT_ROUNDOFF = {
 K = 32.0
 
 #: The ambiguous neurons may be at most this fraction of the crossed ones (plus the
-#: floor): an allowance of 5% keeps a wrong count from hiding among them.
-AMBIGUOUS_RATIO = 0.05
+#: floor).  Measured at float32, K = 32: near crossings the band catches up to 19% of
+#: the crossed count (ResNet18 32x32, r = 0.05, P = 7: 15 ambiguous, 78 crossed on 2
+#: points), 10% on the zoo MLP at r = 5e-3; 25% covers that.  A precision bug (TF32
+#: left on: 2^13 times u) flips neurons far outside the band, in cells with no
+#: ambiguous neuron, and fails the per-cell part whatever this ratio.
+AMBIGUOUS_RATIO = 0.25
 
 #: Beyond the ratio, this fraction of all (point, neuron) pairs may be ambiguous: a
 #: neuron can be within ``K u S`` of zero at the centre with no crossing nearby (then
