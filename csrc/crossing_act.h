@@ -5,7 +5,7 @@
 //           in dim 0 (point-major).  float32 / float64 / bfloat16 / float16.
 //   out:    act(pre), same shape and dtype.
 //   counts: int64 (n,), neurons j whose three-valued signs over the group are not
-//           all equal (DESIGN.md section 1.4).
+//           all equal (docs/design.md#definition).
 //
 // The CPU kernel keeps the per-neuron min and max over the group plus a NaN flag:
 // crossed = NaN seen or not (mn > 0 or mx < 0 or (mn == 0 and mx == 0)).  The CUDA

@@ -4,7 +4,7 @@
 >>> res = lcfast.local_complexity(model, x)          # doctest: +SKIP
 >>> print(res.summary())                             # doctest: +SKIP
 
-See DESIGN.md for the measure and the contract every backend serves.
+See docs/design.md for the measure and the contract every backend serves.
 """
 from .api import local_complexity
 from .engine import available_backends

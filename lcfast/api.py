@@ -50,8 +50,8 @@ def local_complexity(
 
     For every point, the ``2P`` vertices ``x +- r v_p`` of a cross-polytope (``v``
     orthonormal) are pushed through the model; at each site a neuron is *crossed*
-    when the signs of its values over the vertices are not all equal (DESIGN.md
-    section 1).  The model is left exactly as found.
+    when the signs of its values over the vertices are not all equal
+    (docs/design.md#definition).  The model is left exactly as found.
 
     Args:
         model: any ``nn.Module``; measured in eval mode.

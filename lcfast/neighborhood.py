@@ -1,4 +1,4 @@
-"""Frames and cross-polytope vertices (DESIGN.md section 1.1-1.2).
+"""Frames and cross-polytope vertices (docs/design.md#definition).
 
 The frame of a point depends only on ``(seed, id)``: its Gaussian matrix is drawn
 from a generator seeded with a 64-bit mix of the two, so any chunking, batch order

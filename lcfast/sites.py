@@ -1,7 +1,7 @@
 """What a site is, as the user says it: the ``sites=`` argument and the calls that are
 activations.
 
-A site (DESIGN.md section 1.3) is, by default, the input of every elementwise
+A site (docs/design.md#definition) is, by default, the input of every elementwise
 nonlinearity call of the forward pass, in module form (``nn.ReLU``) or functional
 form (``F.relu``, ``torch.relu``, ``x.relu()``, ...), or, when the user names modules
 (by name or type), each such module's **output**.  :class:`SiteSpec` resolves the

@@ -1,4 +1,4 @@
-"""Cases whose answer follows from the definition alone (DESIGN.md section 5)."""
+"""Cases whose answer follows from the definition alone (docs/design.md#testing)."""
 import pytest
 import torch
 import torch.nn as nn

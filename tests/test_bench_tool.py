@@ -108,9 +108,20 @@ def test_methods_check_before_timing(tiny):
         bench.check_counts(p, "x", wrong, sites, exact=False)
     with pytest.raises(bench.CheckFailed, match="sites differ"):
         bench.check_counts(p, "x", counts, ["a", "b", "c"], exact=False)
-    for b in bench.available_methods("cpu")[len(bench.BASELINES):]:
+    from lcfast import _native
+    backends = bench.available_methods("cpu")[len(bench.BASELINES):]
+    assert ("native" in backends) == _native.available()
+    for b in backends:
         m = bench.prepare_method(p, b)
-        assert m.info["check"]
+        got, got_sites = m.timed()
+        assert got_sites == sites and m.info["points_checked"] == 5
+        if m.info["check"] == "identical to reference":
+            assert torch.equal(got, counts)
+        else:  # what the check claims: the float64 rule holds on all 5 points
+            assert m.info["check"] == "float64 rule on 5 of 5 points", m.info
+            assert m.info["max_abs_diff_vs_reference"] == int((got - counts).abs().max()) > 0
+            from lcfast.testing import assert_counts_match
+            assert_counts_match(got, p.oracle())
 
 
 def _report_input():

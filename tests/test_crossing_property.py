@@ -1,4 +1,4 @@
-"""Property test of the crossing rule against a direct reading of DESIGN.md 1.4."""
+"""Property test of the crossing rule against a direct reading of docs/design.md#definition."""
 import torch
 from hypothesis import given, settings, strategies as st
 

@@ -1,5 +1,5 @@
 """The reference backend at float64 with given directions agrees exactly with an
-independent implementation of DESIGN.md section 1 written with module hooks and
+independent implementation of docs/design.md#definition written with module hooks and
 explicit sign vectors (no shared code with lcfast beyond torch)."""
 import pytest
 import torch

@@ -1,5 +1,5 @@
 """lcfast::crossing_act / crossing_act_ / crossing_count (C++ CPU kernel) against a
-plain-PyTorch expression of the definition (DESIGN.md section 1.4), and opcheck."""
+plain-PyTorch expression of the definition (docs/design.md#definition), and opcheck."""
 from __future__ import annotations
 
 import subprocess

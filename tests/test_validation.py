@@ -1,4 +1,4 @@
-"""Bad input gets a clear error naming the argument (DESIGN.md section 2)."""
+"""Bad input gets a clear error naming the argument (docs/design.md#api-contract)."""
 import math
 
 import pytest

@@ -10,7 +10,7 @@ layers that read the vertex batch directly use the cross-polytope antisymmetry.
   erf/tanh in ATen's scalar formula, PyTorch's CPU GELU its own SIMD erf (float32:
   18% of values differ in the last bits), and any bit of difference would reach the
   next layers.
-* **First affine layer** (DESIGN.md section 4).  When ``F.linear`` / ``F.conv{1,2,3}d``
+* **First affine layer** (docs/design.md#numerics).  When ``F.linear`` / ``F.conv{1,2,3}d``
   is applied to the vertex batch itself (or a contiguous reshape of it, e.g. after
   ``nn.Flatten``), it computes the centre ``c = A(x)`` for ``n`` rows and
   ``d = A_0(v_p)`` (no bias) for ``n*P`` rows (``P`` rows for a shared frame) and

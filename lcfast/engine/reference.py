@@ -1,7 +1,7 @@
 """The reference backend: the oracle every other backend is tested against.
 
 All ``n * 2P`` vertices of a chunk go through the real model; at each site the
-crossing rule of DESIGN.md section 1.4 is evaluated with plain PyTorch, then the
+crossing rule of docs/design.md#definition is evaluated with plain PyTorch, then the
 model's own activation call runs unchanged.  Reads top to bottom: the rule
 (:func:`crossing_counts`), the handler that applies it at a site, the chunk.
 Readable on purpose; optimized backends never import this file.

@@ -46,7 +46,7 @@ def apply_act(z, slope, ACT: tl.constexpr):
 
 @triton.jit
 def crossed_mask(mn, mx):
-    """DESIGN.md 1.4: crossed = not (mn > 0 or mx < 0 or (mn == 0 and mx == 0))."""
+    """docs/design.md#definition: crossed = not (mn > 0 or mx < 0 or (mn == 0 and mx == 0))."""
     same = (mn > 0) | (mx < 0) | ((mn == 0) & (mx == 0))
     return ~same
 

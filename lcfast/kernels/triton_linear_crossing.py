@@ -24,7 +24,7 @@ than MMA-bound, which is why padding was chosen; this is reasoned, not measured
 (no GPU in the session that wrote it) -- ``benchmarks/gpu_triton_check.py``
 reports the fused GEMM against ``F.linear`` + epilogue to check it.
 
-float32 inputs use ``input_precision="ieee"`` (no TF32, DESIGN.md section 4);
+float32 inputs use ``input_precision="ieee"`` (no TF32, docs/design.md#numerics);
 bf16/fp16 inputs accumulate in float32.  Offsets are int64.  ``UPCAST`` is set only
 under the Triton interpreter for bf16 (see the comment at the dot).
 """

@@ -6,7 +6,7 @@ C++ kernels in ``csrc/`` (CPU, and CUDA when built with it); this file holds the
 Importing it never fails; the wrappers raise ``RuntimeError`` when the extension is
 missing (:data:`lcfast._extension.ERROR` says why).
 
-Definition (DESIGN.md section 1.4): for ``pre`` of shape ``(n*V, *F)`` with the ``V``
+Definition (docs/design.md#definition): for ``pre`` of shape ``(n*V, *F)`` with the ``V``
 vertices of each point contiguous, neuron ``j`` of point ``p`` is crossed when the
 three-valued signs of ``pre[p*V:(p+1)*V, j]`` are not all equal.
 """

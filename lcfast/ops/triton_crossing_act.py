@@ -94,7 +94,7 @@ def triton_crossing_act(pre: torch.Tensor, V: int, act: str, slope: float) -> tu
 
     Returns:
         ``(out, counts)``: ``out`` ``(n*V, *F)`` like ``pre``; ``counts`` ``LongTensor (n,)``
-        with the DESIGN.md 1.4 rule on ``pre``.
+        with the docs/design.md#definition rule on ``pre``.
 
     Example:
         >>> out, c = torch.ops.lcfast.triton_crossing_act(torch.tensor([[1., -1.], [2., -1.]]), 2, "relu", 0.0)
@@ -107,4 +107,6 @@ def triton_crossing_act(pre: torch.Tensor, V: int, act: str, slope: float) -> tu
 
 @triton_crossing_act.register_fake
 def _(pre, V, act, slope):
-    return torch.empty_like(pre), pre.new_empty((pre.shape[0] // V,), dtype=torch.int64)
+    # the launcher's layout rule: contiguous/channels-last kept, anything else (also
+    # dense but permuted) copied to contiguous first, so the output is contiguous
+    return torch.empty_like(dense_batch_major(pre)[0]), pre.new_empty((pre.shape[0] // V,), dtype=torch.int64)

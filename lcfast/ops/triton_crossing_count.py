@@ -15,7 +15,7 @@ __all__ = ["triton_crossing_count"]
 
 @triton_op("lcfast::triton_crossing_count", mutates_args=())
 def triton_crossing_count(pre: torch.Tensor, V: int) -> torch.Tensor:
-    """Args: ``pre`` ``(n*V, *F)``; ``V``.  Returns ``LongTensor (n,)`` (DESIGN.md 1.4)."""
+    """Args: ``pre`` ``(n*V, *F)``; ``V``.  Returns ``LongTensor (n,)`` (docs/design.md#definition)."""
     _, counts = launch_epilogue(pre, V, "identity", 0.0, store=False, wrap=wrap_triton)
     return counts
 
