@@ -18,7 +18,7 @@ import time
 
 import torch
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "run_parsed"]
 
 # Subcommands contributed by other modules: (module, function adding parsers).
 _EXTENSIONS = (("lcfast.bench", "add_parser"), ("lcfast.train.cli", "add_parsers"))
@@ -100,9 +100,14 @@ def main(argv=None) -> int:
     parser = build_parser()
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["measure", *argv]
-    args = parser.parse_args(argv)
+    return run_parsed(parser.parse_args(argv))
+
+
+def run_parsed(args: argparse.Namespace, prog: str = "lcfast") -> int:
+    """Run a parsed subcommand (``args.func``): its exit code, or 2 after a one-line
+    ``prog: error: ...`` on stderr for bad input (no traceback)."""
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, RuntimeError, FileNotFoundError) as e:
-        print(f"lcfast: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -222,7 +222,7 @@ def test_pytest_suite_tiny(tiny, tmp_path):
 
 
 @pytest.mark.skipif(os.environ.get("LCFAST_WHEEL_TEST") != "1",
-                    reason="builds a wheel and a venv (measured 2 min at load 15 on 2 cores): set LCFAST_WHEEL_TEST=1")
+                    reason="builds a wheel and a venv (measured 176 s at load 14 on 2 cores): set LCFAST_WHEEL_TEST=1")
 def test_lcfast_bench_from_an_installed_wheel(tmp_path):
     """``lcfast bench`` from a wheel installed in a fresh venv, run outside the source
     tree: the workload file is package data (it used to raise FileNotFoundError)."""

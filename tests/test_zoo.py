@@ -103,3 +103,15 @@ def test_build_points(tmp_path, monkeypatch):
         zoo.build_points("mnist", 2)
     x, d = zoo.build_points("mnist", 2, (784,), fallback=True)
     assert x.shape == (2, 784) and d.startswith("uniform random") and "MNIST" in d
+
+
+def test_every_benchmark_workload_model_is_pinned():
+    """Parameter counts of every model the benchmark workloads build (torchvision's
+    published counts for its models), so a changed architecture cannot pass unseen."""
+    from lcfast import bench
+    pinned = {"mnist-mlp": 279_610, "paper-cnn": 804_874, "resnet18": 11_689_512, "resnet50": 25_557_032,
+              "vit_b_16": 86_567_656}
+    models = {w.model for w in bench.load_workloads(None, "gpu").values()}
+    assert models <= set(pinned), models - set(pinned)
+    for name in sorted(models):
+        assert sum(p.numel() for p in zoo.build_model(name).parameters()) == pinned[name], name

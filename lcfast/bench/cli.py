@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli import run_parsed
 from .baselines import BASELINES
 from .report import format_report
 from .runner import run_workloads
@@ -76,13 +77,4 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "bench":
         argv = ["bench", *argv]
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as e:
-        print(f"lcfast bench: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_parsed(parser.parse_args(argv), "lcfast bench")
