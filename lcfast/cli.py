@@ -18,7 +18,11 @@ import time
 
 import torch
 
-__all__ = ["main", "build_parser", "run_parsed"]
+from .zoo import build_model
+
+# build_model (lcfast.zoo) is named here too: `lcfast measure --model NAME --weights F`
+# builds exactly lcfast.cli.build_model(NAME, F, seed=--seed)
+__all__ = ["main", "build_parser", "run_parsed", "build_model"]
 
 # Subcommands contributed by other modules: (module, function adding parsers).
 _EXTENSIONS = (("lcfast.bench", "add_parser"), ("lcfast.train.cli", "add_parsers"))
@@ -59,7 +63,7 @@ def _measure(args) -> int:
         raise ValueError(f"--points must be >= 1, got {args.points}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.perf_counter()
-    model = zoo.build_model(args.model, args.weights, seed=args.seed).to(device)
+    model = build_model(args.model, args.weights, seed=args.seed).to(device)
     x, data = zoo.build_points(args.data, args.points, zoo.input_shape(args.model, args.size), seed=args.seed,
                                size=args.size)
     dtype = getattr(torch, args.dtype) if args.dtype else None

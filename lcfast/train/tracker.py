@@ -47,10 +47,12 @@ import torch.nn as nn
 from ..api import local_complexity
 from ..neighborhood import random_frames
 from .pgd import accuracy, adversarial_accuracy
-from .schedule import resolve_schedule
+from .schedule import log_schedule, resolve_schedule
 from .state import preserved_state
 
-__all__ = ["LCTracker", "read_log"]
+# log_schedule and preserved_state live in .schedule and .state; named here too, where
+# they were before the split
+__all__ = ["LCTracker", "read_log", "log_schedule", "preserved_state"]
 
 # frames cached per point set when they fit in this many bytes (MNIST: 1,000 points
 # x 25 x 784 x 4 B = 78 MB per set).  Drawing 1,000 MNIST frames (QR of 784 x 25)
