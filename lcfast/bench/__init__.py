@@ -7,7 +7,7 @@ file).  Models and points come from :mod:`lcfast.zoo`, like ``lcfast measure``'s
 method measures the same points with the same frames and the same chunks:
 
 * ``bare-forward``: the model's forward of the ``N * 2P`` vertex batch, building the
-  vertices included, no counting (the physical floor);
+  vertices included, no counting (the physical floor, docs/design.md#performance);
 * ``reference``: ``lcfast.local_complexity(..., backend="reference")``;
 * ``torch.compile``: what a user writes to speed the reference up: the vertex
   forward plus the reference's counting in forward pre-hooks of the activation

@@ -14,7 +14,7 @@ class CheckFailed(AssertionError):
 
 
 def check_counts(p: Prepared, name: str, counts: torch.Tensor, sites: list[str], exact: bool) -> dict:
-    """Check a method's counts against the reference.
+    """Check a method's counts against the reference (docs/design.md#testing).
 
     Bit-identical counts pass.  Otherwise a method that sees the reference's own
     pre-activations (``exact``) fails; any other passes when it matches the float64
