@@ -2,7 +2,7 @@
 
 Options (all optional):
   --lc-device cpu|cuda     device (default: $LCFAST_BENCH_DEVICE, else cuda when available)
-  --lc-size cpu|gpu        size column of workloads.toml, the ONE switch between CPU and
+  --lc-size cpu|gpu        size column of lcfast/bench/workloads.toml, the ONE switch between CPU and
                            GPU sizes (default: $LCFAST_BENCH_SIZE, else from the device)
   --lc-workloads a,b       only these workloads
   --lc-backends a,b        only these lcfast backends (default: every available one)
@@ -29,7 +29,7 @@ _STATE: dict = {"prepared": None, "records": [], "failures": [], "skipped": [], 
 def pytest_addoption(parser):
     g = parser.getgroup("lcfast benchmarks")
     g.addoption("--lc-device", default=None, help="device of the workload suite (cpu, cuda, cuda:1, ...)")
-    g.addoption("--lc-size", default=None, choices=bench.SIZES, help="size column of benchmarks/workloads.toml")
+    g.addoption("--lc-size", default=None, choices=bench.SIZES, help="size column of lcfast/bench/workloads.toml")
     g.addoption("--lc-workloads", default=None, help="comma-separated workload names (default: all)")
     g.addoption("--lc-backends", default=None, help="comma-separated lcfast backends (default: all available)")
     g.addoption("--lc-no-compile", action="store_true", help="leave the torch.compile baseline out")

@@ -6,7 +6,8 @@ expression (crossing rule with amin/amax + torch.relu), side by side in one run.
 Shapes (float32, V = 50 vertices per point): an MLP site (51,200 x 200) and a
 ResNet-stage-1 conv site (400 x 64 x 56 x 56).  Two pairs per shape:
 
-* ``out``: the op vs ``crossing_counts(pre) + torch.relu(pre)``; both allocate a fresh
+* ``out``: the op vs ``crossing_counts(pre) + torch.relu(pre)`` (the reference
+  backend's :func:`lcfast.engine.reference.crossing_counts`); both allocate a fresh
   output.  On the CI VM a fresh 321 MB buffer costs ~120 ms of page faults (measured:
   torch.relu 146 ms vs 27 ms for torch.relu_ on the conv shape, one thread), which
   bounds the speedup of the conv shape for any out-of-place kernel.
@@ -23,9 +24,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lcfast import _extension as _native  # renamed from lcfast._native
+from lcfast import _extension
+from lcfast.engine.reference import crossing_counts  # the crossing rule, written once
 
-pytestmark = pytest.mark.skipif(not _native.available(), reason=f"lcfast._C not built: {_native.ERROR}")
+pytestmark = pytest.mark.skipif(not _extension.available(), reason=f"lcfast._C not built: {_extension.ERROR}")
 
 V = 50
 SHAPES = {"mlp_51200x200": (51200, 200), "conv_400x64x56x56": (400, 64, 56, 56)}
@@ -33,13 +35,6 @@ SHAPES = {"mlp_51200x200": (51200, 200), "conv_400x64x56x56": (400, 64, 56, 56)}
 CASES = [(s, pair, m) for s in SHAPES for pair in ("out", "inplace") for m in ("reference", "native_op")]
 _MEDIANS: dict = {}
 _TENSORS: dict = {}
-
-
-def _counts_reference(pre: torch.Tensor, V: int) -> torch.Tensor:
-    n = pre.shape[0] // V
-    z = pre.reshape(n, V, -1)
-    mn, mx = z.amin(1), z.amax(1)
-    return (~((mn > 0) | (mx < 0) | ((mn == 0) & (mx == 0)))).sum(1)
 
 
 def _pre(shape_name: str) -> torch.Tensor:
@@ -53,8 +48,8 @@ def _pre(shape_name: str) -> torch.Tensor:
 def _fn(pair: str, method: str, pre: torch.Tensor):
     if method == "reference":
         if pair == "out":
-            return lambda: (torch.relu(pre), _counts_reference(pre, V))
-        return lambda: (_counts_reference(pre, V), pre.relu_())
+            return lambda: (torch.relu(pre), crossing_counts(pre, V))
+        return lambda: (crossing_counts(pre, V), pre.relu_())
     if pair == "out":
         return lambda: torch.ops.lcfast.crossing_act(pre, V, "relu", 0.0)
     return lambda: torch.ops.lcfast.crossing_act_(pre, V, "relu", 0.0)
@@ -65,7 +60,7 @@ def test_bench_crossing_act(benchmark, shape_name, pair, method):
     pre = _pre(shape_name)
     if method == "native_op" and pair == "out":  # correctness once, outside the timing
         out, c = torch.ops.lcfast.crossing_act(pre, V, "relu", 0.0)
-        assert torch.equal(c, _counts_reference(pre, V)) and torch.equal(out, torch.relu(pre))
+        assert torch.equal(c, crossing_counts(pre, V)) and torch.equal(out, torch.relu(pre))
     fn = _fn(pair, method, pre)
     benchmark.group = f"crossing_act {shape_name} {pair}"
     benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)

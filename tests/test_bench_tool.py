@@ -70,14 +70,32 @@ def test_config_errors(tmp_path, tiny, monkeypatch):
         bench.load_workloads(bad, "cpu")
     monkeypatch.setenv(bench.CONFIG_ENV, str(tiny))
     assert bench.find_config() == tiny
+    monkeypatch.setenv(bench.CONFIG_ENV, str(tmp_path / "gone.toml"))
+    with pytest.raises(FileNotFoundError, match=bench.CONFIG_ENV):  # never silently the default
+        bench.find_config()
     monkeypatch.delenv(bench.CONFIG_ENV)
-    monkeypatch.setattr(bench, "__file__", str(tmp_path / "pkg" / "bench.py"))  # an installed copy
     with pytest.raises(FileNotFoundError, match="--config"):
         bench.find_config(tmp_path / "missing.toml")
+    # the default is package data inside lcfast/bench (what an installed wheel has)
+    assert bench.find_config() == bench.DEFAULT_CONFIG
+    assert bench.DEFAULT_CONFIG.parent == Path(bench.__file__).resolve().parent
     w = bench.load_workloads(tiny, "cpu")["gpu-only"]
     assert w.n == 0 and w.skip == "not at CPU size"
     with pytest.raises(ValueError, match="not run at size"):
         bench.prepare(w, "cpu")
+
+
+def test_workload_model_and_points_come_from_the_zoo(tiny):
+    from lcfast import zoo
+    w = bench.load_workloads(tiny, "cpu")["tiny-mlp"]
+    p = bench.prepare(w, "cpu")
+    ref = zoo.build_model("mnist-mlp", seed=w.seed)
+    assert str(p.model) == str(ref)
+    assert all(torch.equal(a, b) for a, b in zip(p.model.state_dict().values(), ref.state_dict().values()))
+    lin = [m for m in p.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in lin] == [(784, 200)] + [(200, 200)] * 3 + [(200, 10)]
+    x, _ = zoo.build_points("random", 5, (784,), seed=w.seed)
+    assert torch.equal(p.x, x)
 
 
 def test_methods_check_before_timing(tiny):
@@ -86,7 +104,8 @@ def test_methods_check_before_timing(tiny):
     assert p.x.shape == (5, 784) and p.frames.shape == (5, 3, 784)
     ref = bench.prepare_method(p, "reference")
     counts, sites = p.reference()
-    assert counts.shape == (5, 3) and sites == ["1#1", "3#1", "5#1"]
+    # mnist-mlp = Flatten + 784-200x4-10 (lcfast.zoo): four ReLU sites of 200 neurons
+    assert counts.shape == (5, 4) and sites == ["1.1#1", "1.3#1", "1.5#1", "1.7#1"]
     paper = bench.prepare_method(p, "paper")
     assert paper.info["check"] == "identical to reference"
     c2, s2 = paper.timed()
@@ -94,7 +113,7 @@ def test_methods_check_before_timing(tiny):
     bare = bench.prepare_method(p, "bare-forward")
     assert bare.timed() is None and ref.timed()[1] == sites
     # the compile baseline's module (here eager) counts exactly like the reference
-    wrapper = bench._HookCountingForward(p.model, p.V)
+    wrapper = bench.HookCountingForward(p.model, p.V)
     from lcfast.neighborhood import vertices
     got = wrapper(vertices(p.x, p.frames, w.radius))
     wrapper.close()
@@ -108,9 +127,9 @@ def test_methods_check_before_timing(tiny):
         bench.check_counts(p, "x", wrong, sites, exact=False)
     with pytest.raises(bench.CheckFailed, match="sites differ"):
         bench.check_counts(p, "x", counts, ["a", "b", "c"], exact=False)
-    from lcfast import _native
+    from lcfast import _extension
     backends = bench.available_methods("cpu")[len(bench.BASELINES):]
-    assert ("native" in backends) == _native.available()
+    assert ("native" in backends) == _extension.available()
     for b in backends:
         m = bench.prepare_method(p, b)
         got, got_sites = m.timed()
@@ -211,3 +230,33 @@ def test_pytest_suite_tiny(tiny, tmp_path):
         assert e["points_per_s"] > 0 and e["speedup_vs_reference"] > 0 and e["time_vs_bare_forward"] > 0
     assert data["machine_info"]["lcfast"]["load_start"] is not None
     assert any(s["workload"] == "gpu-only" for s in data["lcfast_skipped"])
+
+
+@pytest.mark.skipif(os.environ.get("LCFAST_WHEEL_TEST") != "1",
+                    reason="builds a wheel and a venv (measured 176 s at load 14 on 2 cores): set LCFAST_WHEEL_TEST=1")
+def test_lcfast_bench_from_an_installed_wheel(tmp_path):
+    """``lcfast bench`` from a wheel installed in a fresh venv, run outside the source
+    tree: the workload file is package data (it used to raise FileNotFoundError)."""
+    import venv
+    env = dict(os.environ, LCFAST_NO_EXT="1")  # the pure-Python part is what is tested here
+    env.pop(bench.CONFIG_ENV, None)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "whl")], check=True, env=env, timeout=600)
+    wheel = next((tmp_path / "whl").glob("lcfast-*.whl"))
+    venv.create(tmp_path / "venv", system_site_packages=True, with_pip=True)
+    py = tmp_path / "venv" / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
+                   env=env, timeout=300)
+    run = tmp_path / "elsewhere"
+    run.mkdir()
+    code = "import lcfast.bench as b; print(b.find_config())"
+    where = subprocess.run([str(py), "-c", code], cwd=run, env=env, capture_output=True, text=True, check=True)
+    assert str(tmp_path / "venv") in where.stdout and where.stdout.strip().endswith("lcfast/bench/workloads.toml")
+    lcfast_exe = str(tmp_path / "venv" / "bin" / "lcfast")
+    assert subprocess.run([lcfast_exe, "bench", "--workload", "mnist-mlp", "--help"], cwd=run, env=env,
+                          capture_output=True, timeout=300).returncode == 0
+    r = subprocess.run([lcfast_exe, "bench", "--workload", "mnist-mlp", "--device", "cpu", "--n", "2", "--rounds", "1",
+                        "--no-compile", "--no-paper", "--backends"], cwd=run, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| mnist-mlp | 2 | reference |" in r.stdout and "| mnist-mlp | 2 | bare-forward |" in r.stdout

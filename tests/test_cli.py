@@ -48,3 +48,35 @@ def test_measure_paper_models_on_random_data(tmp_path):
                    "--out", str(out), "--no-progress"])
         assert rc == 0
         assert len(json.loads(out.read_text())["counts"]) == 2
+
+
+def _measure_twice(tmp_path, capsys, *extra):
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"r{i}.json"
+        torch.manual_seed(100 + i)  # as two processes would start: different global RNG states
+        rc = main(["--model", "mnist-mlp", "--data", "random", "--points", "3", "--dirs", "4", "--radius", "0.1",
+                   "--out", str(out), "--no-progress", "--backend", "reference", *extra])
+        assert rc == 0
+        text = capsys.readouterr().out
+        # everything but the timing line and the file names
+        outs.append(([ln for ln in text.splitlines() if "LC time" not in ln and "wrote" not in ln],
+                     json.loads(out.read_text())))
+    return outs
+
+
+def test_measure_seeds_the_model_from_seed(tmp_path, capsys):
+    """Two runs of the same command print the same counts (issue 11 item 3): the
+    random-init model is built under torch.manual_seed(--seed)."""
+    (text0, d0), (text1, d1) = _measure_twice(tmp_path, capsys)
+    assert text0 == text1 and d0["counts"] == d1["counts"]
+    assert any("random init under torch.manual_seed(0)" in ln for ln in text0)
+    assert d0["meta"]["model_seed"] == 0 and "manual_seed(0)" in d0["meta"]["model_init"]
+    assert sum(map(sum, d0["counts"])) > 0  # non-trivial counts, else equality proves nothing
+    (_, e0), _ = _measure_twice(tmp_path, capsys, "--seed", "1")
+    assert e0["counts"] != d0["counts"] and e0["meta"]["model_seed"] == 1
+
+
+def test_measure_points_must_be_positive(tmp_path, capsys):
+    assert main(["--model", "mnist-mlp", "--data", "random", "--points", "0", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--points" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lcfast.train import data
+from lcfast import datasets as data
 
 
 def _idx(arr: np.ndarray) -> bytes:

@@ -10,10 +10,11 @@ from lcfast.train import models
 def test_mlp_default_is_784_200x4_10():
     lin = [l for l in models.mlp() if isinstance(l, nn.Linear)]
     assert [(l.in_features, l.out_features) for l in lin] == [(784, 200)] + [(200, 200)] * 3 + [(200, 10)]
+    assert sum(isinstance(l, nn.ReLU) for l in models.mlp()) == 4  # depth = hidden layers
 
 
 def test_mlp_structure_and_shape():
-    m = models.mlp(784, 200, 4, 10)
+    m = models.mlp(784, 200, 3, 10)
     assert isinstance(m, nn.Sequential)
     lin = [l for l in m if isinstance(l, nn.Linear)]
     assert [(l.in_features, l.out_features) for l in lin] == [(784, 200), (200, 200), (200, 200), (200, 10)]
@@ -26,7 +27,15 @@ def test_mlp_structure_and_shape():
 @pytest.mark.parametrize("act,cls", [("gelu", nn.GELU), ("tanh", nn.Tanh), ("leaky_relu", nn.LeakyReLU)])
 def test_mlp_activation(act, cls):
     m = models.mlp(6, 7, 3, 2, act=act)
-    assert sum(isinstance(l, cls) for l in m) == 2
+    assert sum(isinstance(l, cls) for l in m) == 3
+
+
+def test_mlp_activation_factory():
+    m = models.mlp(6, 7, 2, 2, act=lambda: nn.LeakyReLU(0.2))
+    acts = [l for l in m if isinstance(l, nn.LeakyReLU)]
+    assert len(acts) == 2 and acts[0] is not acts[1] and acts[0].negative_slope == 0.2
+    with pytest.raises(ValueError, match="act"):
+        models.mlp(act=lambda: 3)
 
 
 def test_mlp_init_scale_multiplies_every_parameter():

@@ -9,6 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from lcfast.train import models
+
 
 def _seeded(fn):
     def wrap(*a, seed=0, **k):
@@ -21,13 +23,9 @@ def _seeded(fn):
 
 @_seeded
 def mlp(d_in=20, width=33, depth=3, d_out=5, act=nn.ReLU):
-    """``(N, d_in) -> (N, d_out)``: Linear/act stack (non-power-of-two width)."""
-    layers, d = [], d_in
-    for _ in range(depth):
-        layers += [nn.Linear(d, width), act()]
-        d = width
-    layers.append(nn.Linear(d, d_out))
-    return nn.Sequential(*layers)
+    """``(N, d_in) -> (N, d_out)``: ``depth`` hidden layers (Linear + ``act()``) of a
+    non-power-of-two width, then a Linear output (:func:`lcfast.train.models.mlp`)."""
+    return models.mlp(d_in, width, depth, d_out, act)
 
 
 @_seeded

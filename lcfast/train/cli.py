@@ -45,7 +45,7 @@ def _grok(args) -> int:
 
 
 def _plot(args) -> int:
-    from .plotting import plot_log  # noqa: PLC0415
+    from ..plot import plot_log  # noqa: PLC0415
 
     if not Path(args.log).is_file():
         print(f"lcfast plot: no such file: {args.log}", file=sys.stderr)

@@ -4,7 +4,7 @@
 checkpoints so that an interrupted run resumes (``resume=True``), and draws the
 figure.  Presets (``PRESETS``):
 
-* ``mnist-mlp``: 4-layer (3 hidden x 200) ReLU MLP on 1,000 MNIST training images,
+* ``mnist-mlp``: 784-200x4-10 ReLU MLP (four hidden layers of 200) on 1,000 MNIST training images,
   batch 200, AdamW (lr 1e-3, weight decay 0.01), cross-entropy, 100,000 steps; LC on
   1,000 train / 1,000 test / 1,000 uniform random points (r = 0.005, P = 25);
   accuracy on them and PGD accuracy (eps 0.03, 0.06, 0.1; 10 steps) on the test
@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import load_mnist, modular_addition, random_points
+from ..datasets import load_mnist, modular_addition, random_points
 from .models import mlp, modadd_transformer
 from .tracker import LCTracker
 
@@ -54,7 +54,7 @@ class GrokConfig:
     seed: int = 0
     # model
     width: int = 200
-    depth: int = 5                     # Linear layers: 784-200x4-10
+    depth: int = 4                     # hidden layers (lcfast.train.models.mlp): 784-200x4-10
     act: str = "relu"
     init_scale: float = 1.0
     d_model: int = 128
@@ -79,9 +79,10 @@ class GrokConfig:
     device: str = "cpu"
     ckpt_every: int = 5000
     # CPU threads for the training steps (None: leave torch's setting).  The MNIST
-    # step (batch 200 through a 784-200-200-200-10 MLP) is too small to split: on the
-    # shared 2-core box it took 4.6 ms with 1 thread vs 114 ms with 2 (oversubscribed
-    # OpenMP).  Measurements (LC, PGD) run with torch's original thread count.
+    # step (batch 200 through an MLP of width 200) is too small to split: on the shared
+    # 2-core box it took 4.6 ms with 1 thread vs 114 ms with 2 (oversubscribed OpenMP;
+    # measured with the earlier 784-200x3-10 preset, not re-measured for 784-200x4-10).
+    # Measurements (LC, PGD) run with torch's original thread count.
     train_threads: int | None = None
     # CPU threads for the whole run (None: torch's default).  The presets use 1: on the
     # shared 2-core box (load ~7) one mnist-mlp --quick log (LC of 3 x 1,000 points +
@@ -322,7 +323,7 @@ def _run(cfg, out, resume, plot, progress, name, t_start):
     tracker.close()
     png = None
     if plot:
-        from .plotting import plot_log  # noqa: PLC0415
+        from ..plot import plot_log  # noqa: PLC0415
         png = plot_log(log_path, out / f"{name or 'grok-' + cfg.task}.png")
     wall = time.perf_counter() - t_start
     summary = dict(log=str(log_path), png=str(png) if png else None, wall_seconds=wall, train_seconds=train_s,
@@ -334,7 +335,7 @@ def _run(cfg, out, resume, plot, progress, name, t_start):
 
 def _title(cfg: GrokConfig) -> str:
     if cfg.task == "mnist-mlp":
-        return (f"MNIST MLP {cfg.depth - 1}x{cfg.width} {cfg.act}, {cfg.n_train} train pts, init x{cfg.init_scale:g}, "
+        return (f"MNIST MLP {cfg.depth}x{cfg.width} {cfg.act}, {cfg.n_train} train pts, init x{cfg.init_scale:g}, "
                 f"{cfg.optimizer} wd {cfg.weight_decay:g}, r={cfg.radius:g}, P={cfg.n_dirs}")
     return (f"a+b mod {cfg.modulus} transformer d={cfg.d_model}, {cfg.train_frac:.0%} train, "
             f"{cfg.optimizer} wd {cfg.weight_decay:g}, r={cfg.radius:g}, P={cfg.n_dirs} (embedding space)")

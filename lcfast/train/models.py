@@ -1,9 +1,9 @@
 """The models of the paper's experiments (Humayun et al. 2024), in plain PyTorch.
 
-* :func:`mlp`: the MNIST MLP (Linear/activation stack; ``depth`` counts Linear layers,
-  so the paper's "4 x 200" MLP has three hidden ReLU layers of width 200 and a
-  10-way output layer, the Omnigrok convention), with an init scale (x8 in the
-  paper's Figure 3).
+* :func:`mlp`: the MNIST MLP (Linear/activation stack; ``depth`` counts *hidden*
+  layers, i.e. activations, everywhere in lcfast: the default ``depth=4`` is
+  784-200x4-10, four hidden ReLU layers of width 200 and a 10-way output layer),
+  with an init scale (x8 in the paper's Figure 3).
 * :func:`paper_cnn`: a 5 conv + 2 linear CNN for 32x32 images (BatchNorm optional).
 * :func:`preact_resnet18`: pre-activation ResNet18 of base width 16, no BatchNorm.
 * :class:`ModAddTransformer`: a one-layer transformer for ``a + b mod p`` whose LC is
@@ -13,10 +13,10 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = ["mlp", "paper_cnn", "preact_resnet18", "ModAddTransformer", "modadd_transformer", "ACTIVATIONS"]
 
@@ -30,10 +30,15 @@ ACTIVATIONS = {
 }
 
 
-def _act(act: str) -> nn.Module:
-    if not isinstance(act, str) or act.lower() not in ACTIVATIONS:
-        raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
-    return ACTIVATIONS[act.lower()]()
+def _act(act) -> nn.Module:
+    """A fresh activation module from a name in ``ACTIVATIONS`` or a zero-argument factory."""
+    if isinstance(act, str) and act.lower() in ACTIVATIONS:
+        return ACTIVATIONS[act.lower()]()
+    if callable(act) and not isinstance(act, (str, nn.Module)):
+        m = act()
+        if isinstance(m, nn.Module):
+            return m
+    raise ValueError(f"act must be one of {sorted(ACTIVATIONS)} or a callable returning an nn.Module, got {act!r}")
 
 
 def _pos_int(name: str, v) -> int:
@@ -52,25 +57,31 @@ def _scale_init(model: nn.Module, init_scale: float) -> None:
             p.mul_(float(init_scale))
 
 
-def mlp(in_dim: int = 784, width: int = 200, depth: int = 5, out_dim: int = 10, act: str = "relu",
-        init_scale: float = 1.0) -> nn.Sequential:
-    """The paper's MNIST MLP: ``depth`` Linear layers with ``act`` between them
-    (default 784-200-200-200-200-10: four hidden ReLU layers of width 200).
+def mlp(in_dim: int = 784, width: int = 200, depth: int = 4, out_dim: int = 10,
+        act: str | Callable[[], nn.Module] = "relu", init_scale: float = 1.0) -> nn.Sequential:
+    """The paper's MNIST MLP: ``depth`` hidden layers (Linear + ``act``) of width
+    ``width``, then a Linear output layer (default 784-200x4-10, i.e.
+    784-200-200-200-200-10: four hidden ReLU layers).
 
-    Every parameter of the PyTorch default initialisation is multiplied by
-    ``init_scale`` (the Omnigrok / paper Figure 3 recipe, e.g. 8).
+    ``depth`` counts hidden layers (= activation sites) everywhere in lcfast (this
+    function, :mod:`lcfast.zoo`, the grok presets, the tests' zoo); the model has
+    ``depth + 1`` Linear layers.  Every parameter of the PyTorch default
+    initialisation is multiplied by ``init_scale`` (the Omnigrok / paper Figure 3
+    recipe, e.g. 8).
 
     Args:
         in_dim: input features ``D`` (784 for flattened MNIST).
         width: hidden width.
-        depth: number of Linear layers (>= 1); ``depth - 1`` hidden activations.
+        depth: number of hidden layers (>= 1).
         out_dim: output features (classes).
-        act: ``"relu"``, ``"leaky_relu"``, ``"gelu"``, ``"silu"``, ``"elu"`` or ``"tanh"``.
+        act: ``"relu"``, ``"leaky_relu"``, ``"gelu"``, ``"silu"``, ``"elu"``, ``"tanh"``,
+            or a callable returning a fresh activation module (e.g. ``nn.ReLU``).
         init_scale: multiplier of the initial weights and biases (> 0).
 
     Returns:
-        ``nn.Sequential`` of ``Linear, act, ..., Linear`` mapping ``(N, in_dim)`` to
-        ``(N, out_dim)``; flatten images first (``x.flatten(1)``).
+        ``nn.Sequential`` of ``Linear, act, ..., Linear`` (``2 * depth + 1`` modules)
+        mapping ``(N, in_dim)`` to ``(N, out_dim)``; flatten images first
+        (``x.flatten(1)``).
 
     Example:
         >>> m = mlp()
@@ -82,7 +93,7 @@ def mlp(in_dim: int = 784, width: int = 200, depth: int = 5, out_dim: int = 10, 
     _act(act)
     layers: list[nn.Module] = []
     d = in_dim
-    for _ in range(depth - 1):
+    for _ in range(depth):
         layers += [nn.Linear(d, width), _act(act)]
         d = width
     layers.append(nn.Linear(d, out_dim))

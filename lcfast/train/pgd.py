@@ -150,6 +150,6 @@ def adversarial_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps
     xa = pgd_attack(model, x, y, eps, steps=steps, step_size=step_size, random_start=random_start,
                     clamp=clamp, seed=seed, batch_size=batch_size)
     eps_l = _eps_list(eps)
-    E, N = xa.shape[0], xa.shape[1]
+    N = xa.shape[1]
     return {e: accuracy(model, xa[i], y, batch_size) for i, e in enumerate(eps_l)} if N else \
         {e: math.nan for e in eps_l}

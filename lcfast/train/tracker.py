@@ -11,7 +11,7 @@ Guarantees:
 
 * **No disturbance.** Around each measurement the global RNG states (torch CPU and
   CUDA, numpy, python ``random``), every module's ``training`` flag and the grad
-  mode are saved and restored, parameters and their ``.grad`` are never written
+  mode are saved and restored (:class:`lcfast.train.state.preserved_state`), parameters and their ``.grad`` are never written
   (PGD differentiates with respect to the input only).  Training with and without
   a tracker gives bitwise the same weights (tested).
 * **Crash-safe log.** One JSON object per line, written with a single ``write``,
@@ -36,80 +36,28 @@ import json
 import math
 import numbers
 import os
-import random
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from ..api import local_complexity
 from ..neighborhood import random_frames
 from .pgd import accuracy, adversarial_accuracy
+from .schedule import log_schedule, resolve_schedule
+from .state import preserved_state
 
-__all__ = ["LCTracker", "log_schedule", "read_log", "preserved_state"]
+# log_schedule and preserved_state live in .schedule and .state; named here too, where
+# they were before the split
+__all__ = ["LCTracker", "read_log", "log_schedule", "preserved_state"]
 
 # frames cached per point set when they fit in this many bytes (MNIST: 1,000 points
 # x 25 x 784 x 4 B = 78 MB per set).  Drawing 1,000 MNIST frames (QR of 784 x 25)
 # took 0.68 s on 2 CPU cores vs 0.25 s for the LC measurement itself.
 _FRAME_CACHE_BYTES = 1 << 30
-
-
-def log_schedule(total_steps: int, n_logs: int = 100) -> list[int]:
-    """Log-spaced steps in ``[0, total_steps]``: dense early, sparse late (like the paper).
-
-    Returns:
-        sorted unique ints, always including ``0`` and ``total_steps``; about
-        ``n_logs`` of them (fewer when rounding merges early steps).
-
-    Example:
-        >>> log_schedule(1000, 8)
-        [0, 1, 3, 7, 19, 51, 138, 372, 1000]
-    """
-    if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps < 0:
-        raise ValueError(f"total_steps must be an int >= 0, got {total_steps!r}")
-    if isinstance(n_logs, bool) or not isinstance(n_logs, numbers.Integral) or n_logs < 2:
-        raise ValueError(f"n_logs must be an int >= 2, got {n_logs!r}")
-    if total_steps == 0:
-        return [0]
-    pts = np.geomspace(1, total_steps, int(n_logs) - 1)
-    return sorted({0, int(total_steps)} | {int(round(p)) for p in pts})
-
-
-class preserved_state:
-    """Context manager: restore global RNG states, module modes and grad mode on exit.
-
-    Saves torch's CPU generator, every initialised CUDA generator, numpy's and
-    python's ``random`` state, ``torch.is_grad_enabled()`` and the ``training`` flag
-    of each module of ``models``.
-    """
-
-    def __init__(self, *models: nn.Module):
-        self.models = [m for m in models if m is not None]
-
-    def __enter__(self):
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() \
-            else None
-        self.np = np.random.get_state()
-        self.py = random.getstate()
-        self.grad = torch.is_grad_enabled()
-        self.modes = [(m, m.training) for model in self.models for m in model.modules()]
-        return self
-
-    def __exit__(self, *exc):
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
-        np.random.set_state(self.np)
-        random.setstate(self.py)
-        torch.set_grad_enabled(self.grad)
-        for m, flag in self.modes:
-            m.training = flag
-        return False
 
 
 def read_log(path: str | os.PathLike, repair: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -180,8 +128,9 @@ class LCTracker:
         radius: ``r`` or a sequence of radii.
         n_dirs: ``P``.
         seed: frame seed.
-        schedule: ``"log"`` (:func:`log_schedule` of ``total_steps``, ``n_logs``), an
-            iterable of steps, or a callable ``step -> bool``.
+        schedule: ``"log"`` (:func:`~lcfast.train.schedule.log_schedule` of
+            ``total_steps``, ``n_logs``), an iterable of steps, or a callable
+            ``step -> bool`` (:func:`~lcfast.train.schedule.resolve_schedule`).
         total_steps, n_logs: for the log schedule.
         labels: ``{name: y}`` ``(N_k,)`` to log accuracy of those sets.
         adversarial: ``{"set": name, "eps": [..], "steps": 10, "step_size": None,
@@ -255,20 +204,7 @@ class LCTracker:
             adv["eps"] = [float(e) for e in (adv["eps"] if isinstance(adv["eps"], Sequence) else [adv["eps"]])]
             self.adversarial = adv
 
-        # schedule
-        if schedule == "log":
-            if total_steps is None:
-                raise ValueError("schedule='log' needs total_steps")
-            steps = log_schedule(total_steps, n_logs)
-            self._should = set(steps).__contains__
-            self.schedule = steps
-        elif callable(schedule):
-            self._should, self.schedule = schedule, None
-        elif isinstance(schedule, Iterable) and not isinstance(schedule, str):
-            steps = sorted({int(s) for s in schedule})
-            self._should, self.schedule = set(steps).__contains__, steps
-        else:
-            raise ValueError(f"schedule must be 'log', an iterable of steps or a callable, got {schedule!r}")
+        self._should, self.schedule = resolve_schedule(schedule, total_steps, n_logs)
 
         # frame ids and cached frames
         self.ids: dict[str, torch.Tensor] = {}
