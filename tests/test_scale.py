@@ -1,11 +1,8 @@
 """measure_dataset: resumable blocks and torch.distributed ranks give the plain result."""
 import json
-import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import lcfast
 from lcfast.scale import measure_dataset
@@ -88,29 +85,6 @@ def test_torn_line_repaired_and_file_bounded(tmp_path):
         assert again.seen == []  # nothing redone
         recs = _records(path)
         assert [r.get("lo") for r in recs] == [None, 0, 5, 10, 15, 20]
-
-
-def _worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        res = measure_dataset(zoo.mlp(), data(), block_size=4, **KW)
-        torch.save(res.counts, f"{out}.{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def test_two_gloo_ranks(tmp_path):
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = str(tmp_path / "counts")
-    mp.start_processes(_worker, args=(2, port, out), nprocs=2, join=True, start_method="fork")
-    plain = lcfast.local_complexity(zoo.mlp(), data(), **KW)
-    for r in range(2):
-        assert torch.equal(torch.load(f"{out}.{r}.pt"), plain.counts)
 
 
 def test_bad_arguments():
