@@ -17,9 +17,10 @@ a point never depends on the block, the rank, the loader or the number of ranks)
   points per forward (:func:`lcfast.oom.measure_halving`); nothing is lost.
 * **Ranks.** Under an initialised process group, blocks are dealt in *rounds*: in round
   ``k`` rank ``r`` of ``W`` takes block ``k*W + r``, or no block (empty work) in the
-  last round when the blocks run out.  Every round ends with one
-  ``all_gather_object``, so every rank makes the same number of collective calls, and
-  every rank returns the full result.  Models whose forward makes collective calls
+  last round when the blocks run out.  One ``all_gather_object`` first checks that
+  every rank has the same fingerprint as rank 0 (a random-init model seeded
+  differently is refused), and every round ends with one, so every rank makes the
+  same number of collective calls (1 + rounds), and every rank returns the full result.  Models whose forward makes collective calls
   (FSDP, DTensor-sharded) are refused: ranks chunk and resume independently, so their
   forwards would not pair up.  ``DistributedDataParallel`` is measured through its
   ``.module`` (same parameters).
@@ -83,6 +84,17 @@ def _stream(data, blocks: list[tuple[int, int]], workers: int, device: torch.dev
         yield torch.cat(parts)
 
 
+def _same_on_every_rank(fp: dict[str, str], world: int) -> None:
+    """Refuse (on every rank alike) ranks whose model, data or settings differ from rank 0's."""
+    got: list[Any] = [None] * world
+    dist.all_gather_object(got, fp)
+    bad = {r: differences(got[0], g) for r, g in enumerate(got) if g != got[0]}
+    if bad:
+        raise ValueError("ranks measure different things, so their blocks would not form one result: "
+                         + "; ".join(f"rank {r} vs rank 0: {', '.join(d)}" for r, d in bad.items())
+                         + " (seed a random-init model the same on every rank)")
+
+
 def _open_checkpoint(path: str, fp: dict[str, str], overwrite: bool) -> dict[int, dict]:
     """Finished blocks of the checkpoint at ``path`` (``lo -> result dict``); a new file when none."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -128,8 +140,9 @@ def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, che
         ``id_offset + arange(N)``), in data set order, on every rank.
 
     Raises:
-        ValueError: bad ``block_size``/``workers``, or a checkpoint made for another
-            measurement (the message names what differs).
+        ValueError: bad ``block_size``/``workers``, a checkpoint made for another
+            measurement, or ranks that measure different models/data/settings (the
+            message names what differs).
         TypeError: ``ids``/``directions`` given, data without ``__len__``, a sharded model.
 
     Example:
@@ -156,9 +169,12 @@ def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, che
               for k in range(0, len(blocks), world)]
     done: dict[int, dict] = {}
     path = None
+    if checkpoint is not None or distributed:
+        fp = measurement_fingerprint(model, data, kwargs, block_size=block_size, id_offset=id_offset)
+    if distributed:
+        _same_on_every_rank(fp, world)
     if checkpoint is not None:
         path = f"{checkpoint}.rank{rank}.jsonl"
-        fp = measurement_fingerprint(model, data, kwargs, block_size=block_size, id_offset=id_offset)
         done = _open_checkpoint(path, fp, overwrite)
     pending = [rd[rank] for rd in rounds if rd[rank] is not None and rd[rank][0] not in done]
     stream = _stream(data, pending, workers, model_device(model, torch.device("cpu")))

@@ -1,5 +1,6 @@
 """measure_dataset over 2 gloo processes equals one process, with the same number of
-collective calls on every rank (also when one rank resumes and the other starts over)."""
+collective calls on every rank (also when one rank resumes and the other starts over);
+ranks with different models are refused on every rank."""
 import os
 import socket
 
@@ -50,6 +51,10 @@ def _worker(rank, world, port, tmp):
         ds = Recorded(data())
         out["resumed"] = measure_dataset(zoo.mlp(), ds, block_size=BLOCK, checkpoint=ck, **KW).counts
         out["resumed_seen"], out["resumed_calls"] = list(ds.seen), len(calls) - out["first_calls"]
+        try:  # a random init seeded differently on one rank
+            measure_dataset(zoo.mlp(seed=rank), data(), block_size=BLOCK, **KW)
+        except ValueError as e:
+            out["unseeded"] = str(e)
         ddp = torch.nn.parallel.DistributedDataParallel(zoo.mlp())
         out["ddp"] = measure_dataset(ddp, data(), block_size=BLOCK, **KW).counts
         from torch.distributed.device_mesh import init_device_mesh
@@ -75,7 +80,9 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     for r, out in enumerate(outs):
         for key in ("first", "resumed", "ddp"):
             assert torch.equal(out[key], plain), (r, key)
-        assert out["first_calls"] == out["resumed_calls"] == 3  # one per round, also when idle or resumed
+        # one identity check + one per round, also when idle or resumed
+        assert out["first_calls"] == out["resumed_calls"] == 1 + 3
+        assert "rank 1 vs rank 0: model weights" in out["unseeded"]
         assert "sharded" in out["fsdp"]
     assert outs[0]["first_seen"] == [*range(0, 5), *range(10, 15), *range(20, 23)]  # blocks 0, 2, 4
     assert outs[1]["first_seen"] == [*range(5, 10), *range(15, 20)]  # blocks 1, 3, then empty work
