@@ -88,6 +88,9 @@ def test_out_of_memory_halves_and_loses_nothing(kind, chunk_size):
         res = measure_dataset(model, x, block_size=10, chunk_size=chunk_size, **KW)
     assert model.raised > 0
     assert torch.equal(res.counts, plain.counts) and res.ids.tolist() == list(range(23))
+    # the failed forwards left the model as found: training flag, no hooks, same weights
+    assert model.training and all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert all(torch.equal(a, b) for a, b in zip(model.inner.state_dict().values(), zoo.mlp().state_dict().values()))
 
 
 def test_out_of_memory_at_one_point_and_other_errors():
