@@ -99,7 +99,10 @@ def _open_checkpoint(path: str, fp: dict[str, str], overwrite: bool) -> dict[int
     """Finished blocks of the checkpoint at ``path`` (``lo -> result dict``); a new file when none."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     header = {"format": _FORMAT, "fingerprint": fp}
-    records = jsonl.read(path) if os.path.exists(path) and not overwrite else []
+    try:
+        records = jsonl.read(path) if os.path.exists(path) and not overwrite else []
+    except ValueError as e:
+        raise ValueError(f"checkpoint {e}; pass overwrite=True to start afresh") from None
     if not records:
         jsonl.start(path, header)
         return {}

@@ -122,3 +122,15 @@ def test_old_format_refused(tmp_path):
 def test_fingerprint_bad_settings():
     with pytest.raises(TypeError, match="settings"):
         measurement_fingerprint(zoo.mlp(), data(), dict(radiuss=0.1))
+
+
+def test_damaged_checkpoint_refused_then_overwritten(done):
+    path = done + ".rank0.jsonl"
+    lines = open(path).read().splitlines()
+    lines[2] = lines[2][:40]  # an older lcfast appended after a torn line: damage mid-file
+    open(path, "w").write("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="line 3 .*overwrite=True"):
+        measure_dataset(zoo.mlp(), data(), block_size=5, checkpoint=done, **KW)
+    res = measure_dataset(zoo.mlp(), data(), block_size=5, checkpoint=done, overwrite=True, **KW)
+    assert torch.equal(res.counts, lcfast.local_complexity(zoo.mlp(), data(), **KW).counts)
+    assert len(open(path).read().splitlines()) == 1 + 5
