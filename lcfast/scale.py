@@ -129,7 +129,8 @@ def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, che
             ``<checkpoint>.rank<r>.jsonl``); ``None`` keeps nothing.
         overwrite: start the checkpoint afresh instead of refusing one made for another
             measurement (other settings, backend, weights, data or frames).
-        workers: ``DataLoader`` worker processes reading a data set (0: in this process).
+        workers: ``DataLoader`` worker processes reading a data set (0: in this
+            process; a tensor is sliced directly, without workers).
         id_offset: ids are ``id_offset + index``.
         progress: tqdm bar over blocks (rank 0 only).
         distributed: split blocks over the ranks of the default process group

@@ -21,8 +21,9 @@ def test_matches_single_call_and_dataset_items():
     res = measure_dataset(model, x, block_size=5, **KW)
     assert torch.equal(res.counts, plain.counts) and res.ids.tolist() == list(range(23))
     ds = torch.utils.data.TensorDataset(x, torch.zeros(23))
-    res2 = measure_dataset(model, ds, block_size=7, **KW)
-    assert torch.equal(res2.counts, plain.counts)
+    res2 = measure_dataset(model, ds, block_size=7, progress=True, id_offset=100, **KW)
+    assert res2.ids.tolist() == list(range(100, 123))
+    assert torch.equal(res2.counts, lcfast.local_complexity(model, x, ids=range(100, 123), **KW).counts)
 
 
 class Flaky(torch.utils.data.Dataset):
