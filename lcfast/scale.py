@@ -20,7 +20,9 @@ a point never depends on the block, the rank, the loader or the number of ranks)
   last round when the blocks run out.  One ``all_gather_object`` first checks that
   every rank has the same fingerprint as rank 0 (a random-init model seeded
   differently is refused), and every round ends with one, so every rank makes the
-  same number of collective calls (1 + rounds), and every rank returns the full result.  Models whose forward makes collective calls
+  same number of collective calls (1 + rounds), and every rank returns the full result.
+  An error on one rank is sent in its round's gather and raised on every rank (no
+  rank is left waiting).  Models whose forward makes collective calls
   (FSDP, DTensor-sharded) are refused: ranks chunk and resume independently, so their
   forwards would not pair up.  ``DistributedDataParallel`` is measured through its
   ``.module`` (same parameters).
@@ -93,6 +95,21 @@ def _same_on_every_rank(fp: dict[str, str], world: int) -> None:
         raise ValueError("ranks measure different things, so their blocks would not form one result: "
                          + "; ".join(f"rank {r} vs rank 0: {', '.join(d)}" for r, d in bad.items())
                          + " (seed a random-init model the same on every rank)")
+
+
+def _gather_round(rd: list, rank: int, world: int, error: Exception | None, mine: dict | None) -> dict[int, dict]:
+    """The one collective of a round: every rank's block result (``None``: empty work).
+
+    A rank whose block failed sends its error instead; then every rank raises (the
+    failed one its own error), so that no rank waits forever for the others."""
+    got: list[Any] = [None] * world
+    dist.all_gather_object(got, ("error", f"{type(error).__name__}: {error}") if error else ("ok", mine))
+    failed = [f"rank {r}: {msg}" for r, (kind, msg) in enumerate(got) if kind == "error"]
+    if error is not None:
+        raise error
+    if failed:
+        raise RuntimeError(f"measure_dataset stopped on every rank: {'; '.join(failed)}")
+    return {b[0]: res for b, (_, res) in zip(rd, got) if b is not None}
 
 
 def _open_checkpoint(path: str, fp: dict[str, str], overwrite: bool) -> dict[int, dict]:
@@ -197,16 +214,20 @@ def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, che
         bar = tqdm(total=len(blocks), desc="lcfast blocks", unit="block")
     try:
         for rd in rounds:
-            mine = rd[rank]
+            mine, error = rd[rank], None
             if mine is not None and mine[0] not in done:
                 lo, hi = mine
-                done[lo] = measure(next(stream), torch.arange(id_offset + lo, id_offset + hi))
-                if path is not None:
-                    jsonl.append(path, {"lo": lo, "hi": hi, "result": done[lo]})
-            if distributed:  # one collective per round on every rank (None: empty work)
-                got: list[Any] = [None] * world
-                dist.all_gather_object(got, None if mine is None else done[mine[0]])
-                done.update({b[0]: res for b, res in zip(rd, got) if b is not None})
+                try:
+                    done[lo] = measure(next(stream), torch.arange(id_offset + lo, id_offset + hi))
+                except Exception as e:  # noqa: BLE001 - under ranks, reported to all of them first
+                    if not distributed:
+                        raise
+                    error = e
+                else:
+                    if path is not None:
+                        jsonl.append(path, {"lo": lo, "hi": hi, "result": done[lo]})
+            if distributed:
+                done.update(_gather_round(rd, rank, world, error, None if mine is None else done.get(mine[0])))
             if bar is not None:
                 bar.update(sum(b is not None for b in rd))
     finally:

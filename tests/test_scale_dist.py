@@ -1,6 +1,7 @@
 """measure_dataset over 2 gloo processes equals one process, with the same number of
 collective calls on every rank (also when one rank resumes and the other starts over);
 ranks with different models are refused on every rank."""
+import datetime
 import os
 import socket
 
@@ -31,9 +32,21 @@ class Recorded(torch.utils.data.TensorDataset):
         return [self[i] for i in idx]
 
 
+class Flaky(Recorded):
+    def __init__(self, x, fail_at):
+        super().__init__(x)
+        self.fail_at = fail_at
+
+    def __getitems__(self, idx):
+        if max(idx) >= self.fail_at:
+            raise RuntimeError("disk read failed")
+        return super().__getitems__(idx)
+
+
 def _worker(rank, world, port, tmp):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a hang (a rank left waiting in a collective) fails the test after 60 s
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
         torch.set_num_threads(1)
         calls = []
@@ -55,6 +68,10 @@ def _worker(rank, world, port, tmp):
             measure_dataset(zoo.mlp(seed=rank), data(), block_size=BLOCK, **KW)
         except ValueError as e:
             out["unseeded"] = str(e)
+        try:  # rank 1's reads fail in its second block (round 2): every rank stops in round 2
+            measure_dataset(zoo.mlp(), Flaky(data(), fail_at=15), block_size=BLOCK, **KW)
+        except RuntimeError as e:
+            out["failed"] = str(e)
         ddp = torch.nn.parallel.DistributedDataParallel(zoo.mlp())
         out["ddp"] = measure_dataset(ddp, data(), block_size=BLOCK, **KW).counts
         from torch.distributed.device_mesh import init_device_mesh
@@ -84,6 +101,8 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
         assert out["first_calls"] == out["resumed_calls"] == 1 + 3
         assert "rank 1 vs rank 0: model weights" in out["unseeded"]
         assert "sharded" in out["fsdp"]
+    assert outs[0]["failed"] == "measure_dataset stopped on every rank: rank 1: RuntimeError: disk read failed"
+    assert outs[1]["failed"] == "disk read failed"
     assert outs[0]["first_seen"] == [*range(0, 5), *range(10, 15), *range(20, 23)]  # blocks 0, 2, 4
     assert outs[1]["first_seen"] == [*range(5, 10), *range(15, 20)]  # blocks 1, 3, then empty work
     assert outs[0]["resumed_seen"] == []
