@@ -21,8 +21,8 @@ a point never depends on the block, the rank, the loader or the number of ranks)
   every rank has the same fingerprint as rank 0 (a random-init model seeded
   differently is refused), and every round ends with one, so every rank makes the
   same number of collective calls (1 + rounds), and every rank returns the full result.
-  An error on one rank is sent in its round's gather and raised on every rank (no
-  rank is left waiting).  Models whose forward makes collective calls
+  An error on one rank (reading a block, measuring it, its checkpoint) is sent in the
+  next gather and raised on every rank: no rank is left waiting.  Models whose forward makes collective calls
   (FSDP, DTensor-sharded) are refused: ranks chunk and resume independently, so their
   forwards would not pair up.  ``DistributedDataParallel`` is measured through its
   ``.module`` (same parameters).
@@ -86,30 +86,28 @@ def _stream(data, blocks: list[tuple[int, int]], workers: int, device: torch.dev
         yield torch.cat(parts)
 
 
-def _same_on_every_rank(fp: dict[str, str], world: int) -> None:
-    """Refuse (on every rank alike) ranks whose model, data or settings differ from rank 0's."""
+def _gather(world: int, value: Any, error: Exception | None) -> list[Any]:
+    """``all_gather_object`` of every rank's ``value``; a rank whose work failed sends
+    its error instead, and then every rank raises (the failed one its own error), so
+    that no rank is left waiting in a later collective."""
     got: list[Any] = [None] * world
-    dist.all_gather_object(got, fp)
-    bad = {r: differences(got[0], g) for r, g in enumerate(got) if g != got[0]}
-    if bad:
-        raise ValueError("ranks measure different things, so their blocks would not form one result: "
-                         + "; ".join(f"rank {r} vs rank 0: {', '.join(d)}" for r, d in bad.items())
-                         + " (seed a random-init model the same on every rank)")
-
-
-def _gather_round(rd: list, rank: int, world: int, error: Exception | None, mine: dict | None) -> dict[int, dict]:
-    """The one collective of a round: every rank's block result (``None``: empty work).
-
-    A rank whose block failed sends its error instead; then every rank raises (the
-    failed one its own error), so that no rank waits forever for the others."""
-    got: list[Any] = [None] * world
-    dist.all_gather_object(got, ("error", f"{type(error).__name__}: {error}") if error else ("ok", mine))
+    dist.all_gather_object(got, ("error", f"{type(error).__name__}: {error}") if error else ("ok", value))
     failed = [f"rank {r}: {msg}" for r, (kind, msg) in enumerate(got) if kind == "error"]
     if error is not None:
         raise error
     if failed:
         raise RuntimeError(f"measure_dataset stopped on every rank: {'; '.join(failed)}")
-    return {b[0]: res for b, (_, res) in zip(rd, got) if b is not None}
+    return [v for _, v in got]
+
+
+def _same_on_every_rank(world: int, fp: dict[str, str] | None, error: Exception | None) -> None:
+    """Refuse (on every rank alike) ranks whose model, data or settings differ from rank 0's."""
+    got = _gather(world, fp, error)
+    bad = {r: differences(got[0], g) for r, g in enumerate(got) if g != got[0]}
+    if bad:
+        raise ValueError("ranks measure different things, so their blocks would not form one result: "
+                         + "; ".join(f"rank {r} vs rank 0: {', '.join(d)}" for r, d in bad.items())
+                         + " (seed a random-init model the same on every rank)")
 
 
 def _open_checkpoint(path: str, fp: dict[str, str], overwrite: bool) -> dict[int, dict]:
@@ -189,14 +187,19 @@ def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, che
     rounds = [[blocks[i] if i < len(blocks) else None for i in range(k, k + world)]
               for k in range(0, len(blocks), world)]
     done: dict[int, dict] = {}
-    path = None
-    if checkpoint is not None or distributed:
-        fp = measurement_fingerprint(model, data, kwargs, block_size=block_size, id_offset=id_offset)
+    path = f"{checkpoint}.rank{rank}.jsonl" if checkpoint is not None else None
+    fp = error = None
+    try:
+        if path is not None or distributed:
+            fp = measurement_fingerprint(model, data, kwargs, block_size=block_size, id_offset=id_offset)
+        if path is not None:
+            done = _open_checkpoint(path, fp, overwrite)
+    except Exception as e:  # noqa: BLE001 - under ranks, reported to all of them first
+        if not distributed:
+            raise
+        error = e
     if distributed:
-        _same_on_every_rank(fp, world)
-    if checkpoint is not None:
-        path = f"{checkpoint}.rank{rank}.jsonl"
-        done = _open_checkpoint(path, fp, overwrite)
+        _same_on_every_rank(world, fp, error)
     pending = [rd[rank] for rd in rounds if rd[rank] is not None and rd[rank][0] not in done]
     stream = _stream(data, pending, workers, model_device(model, torch.device("cpu")))
     size = kwargs.pop("chunk_size", None)
@@ -226,8 +229,9 @@ def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, che
                 else:
                     if path is not None:
                         jsonl.append(path, {"lo": lo, "hi": hi, "result": done[lo]})
-            if distributed:
-                done.update(_gather_round(rd, rank, world, error, None if mine is None else done.get(mine[0])))
+            if distributed:  # the round's one collective (None: empty work)
+                got = _gather(world, None if mine is None else done.get(mine[0]), error)
+                done.update({b[0]: res for b, res in zip(rd, got) if b is not None})
             if bar is not None:
                 bar.update(sum(b is not None for b in rd))
     finally:

@@ -72,6 +72,11 @@ def _worker(rank, world, port, tmp):
             measure_dataset(zoo.mlp(), Flaky(data(), fail_at=15), block_size=BLOCK, **KW)
         except RuntimeError as e:
             out["failed"] = str(e)
+        try:  # rank 0's checkpoint belongs to another measurement: every rank stops at once
+            measure_dataset(zoo.mlp(), data(), block_size=BLOCK, checkpoint=ck if rank == 0 else ck + "b",
+                            **{**KW, "radius": 0.2})
+        except (ValueError, RuntimeError) as e:
+            out["stale"] = str(e)
         ddp = torch.nn.parallel.DistributedDataParallel(zoo.mlp())
         out["ddp"] = measure_dataset(ddp, data(), block_size=BLOCK, **KW).counts
         from torch.distributed.device_mesh import init_device_mesh
@@ -103,6 +108,8 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
         assert "sharded" in out["fsdp"]
     assert outs[0]["failed"] == "measure_dataset stopped on every rank: rank 1: RuntimeError: disk read failed"
     assert outs[1]["failed"] == "disk read failed"
+    assert "another measurement: setting radius=0.3 (now 0.2)" in outs[0]["stale"]
+    assert outs[1]["stale"].startswith("measure_dataset stopped on every rank: rank 0: ValueError: checkpoint")
     assert outs[0]["first_seen"] == [*range(0, 5), *range(10, 15), *range(20, 23)]  # blocks 0, 2, 4
     assert outs[1]["first_seen"] == [*range(5, 10), *range(15, 20)]  # blocks 1, 3, then empty work
     assert outs[0]["resumed_seen"] == []
