@@ -11,7 +11,12 @@ import math
 
 import torch
 
-__all__ = ["point_seed", "random_frames", "shared_frame", "vertices"]
+__all__ = ["FRAMES_VERSION", "point_seed", "random_frames", "shared_frame", "vertices"]
+
+# Version of the frame generator (random_frames, shared_frame): bump it whenever the
+# frames drawn for a (seed, id) change, so that checkpoints made with older frames
+# are refused (lcfast.fingerprint reads it from here, and only here).
+FRAMES_VERSION = 1
 
 _MASK = (1 << 64) - 1
 

@@ -1,68 +1,168 @@
-"""Whole data sets: resumable, progress-reporting, and spread over ``torch.distributed`` ranks.
+"""Whole data sets: streamed, resumable, safe on out-of-memory, spread over ``torch.distributed`` ranks.
 
-:func:`measure_dataset` cuts a data set into blocks of consecutive indices, measures
-each block with :func:`lcfast.local_complexity` (ids = data set indices, so the frame
-of a point never depends on the block, the rank or the number of ranks), appends each
-finished block to a JSON-lines checkpoint, and skips finished blocks when it is run
-again.  Under an initialised process group, rank ``r`` of ``W`` takes blocks ``r, r+W,
-...`` and every rank returns the full result (gathered with
-``torch.distributed.all_gather_object``).
+:func:`measure_dataset` cuts a data set into blocks of consecutive indices and measures
+each block with :func:`lcfast.local_complexity` (ids = data set indices, so the frame of
+a point never depends on the block, the rank, the loader or the number of ranks).
+
+* **Streaming.** A map-style data set is read through a ``torch.utils.data.DataLoader``
+  (``workers`` processes decode and transform items off the main process; batches are
+  pinned and copied asynchronously when the model is on CUDA); a block is assembled
+  from its batches.  A tensor is sliced directly.
+* **Checkpoints.** Each finished block is appended to a JSON-lines file
+  (:mod:`lcfast.jsonl`) whose first line is the measurement's fingerprint
+  (:mod:`lcfast.fingerprint`: settings, backend, model weights, data, frame generator).
+  A rerun skips finished blocks; a checkpoint with another fingerprint is refused,
+  naming what differs, unless ``overwrite=True``.
+* **Out of memory.** A block that runs out of memory is measured again with half the
+  points per forward (:func:`lcfast.oom.measure_halving`); nothing is lost.
+* **Ranks.** Under an initialised process group, blocks are dealt in *rounds*: in round
+  ``k`` rank ``r`` of ``W`` takes block ``k*W + r``, or no block (empty work) in the
+  last round when the blocks run out.  One ``all_gather_object`` first checks that
+  every rank has the same fingerprint as rank 0 (a random-init model seeded
+  differently is refused), and every round ends with one, so every rank makes the
+  same number of collective calls (1 + rounds), and every rank returns the full result.
+  An error on one rank (reading a block, measuring it, its checkpoint) is sent in the
+  next gather and raised on every rank: no rank is left waiting.  Models whose forward makes collective calls
+  (FSDP, DTensor-sharded) are refused: ranks chunk and resume independently, so their
+  forwards would not pair up.  ``DistributedDataParallel`` is measured through its
+  ``.module`` (same parameters).
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import math
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 
+from . import jsonl
 from .api import local_complexity
+from .engine.base import model_device
+from .fingerprint import differences, measurement_fingerprint, point_of
+from .oom import measure_halving
 from .result import LCResult
 
 __all__ = ["measure_dataset"]
 
-
-def _point(item):
-    x = item[0] if isinstance(item, (tuple, list)) else item
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"data items must be tensors or (tensor, ...) tuples, got {type(x).__name__}")
-    return x
+_FORMAT = "lcfast.measure_dataset/2"
+# points per DataLoader batch (unmeasured; 64 ImageNet images are 38 MB as float32)
+_LOADER_BATCH = 64
 
 
-def _block(data, lo: int, hi: int) -> torch.Tensor:
+def _collate(items) -> torch.Tensor:
+    return torch.stack([point_of(it) for it in items])
+
+
+def _refuse_sharded(model: torch.nn.Module) -> torch.nn.Module:
+    """The model to measure: DDP unwrapped; FSDP / DTensor-sharded models refused."""
+    if not dist.is_available():
+        return model
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    from torch.distributed.tensor import DTensor
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    sharded = any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules()) or any(
+        isinstance(t, DTensor) for t in (*model.parameters(), *model.buffers()))
+    if sharded:
+        raise TypeError("model is sharded (FSDP or DTensor parameters): measure_dataset runs each rank's "
+                        "forwards independently, so a sharded model's collective calls would not pair up "
+                        "across ranks; measure an unsharded copy (e.g. from a full state dict) on every rank")
+    return model
+
+
+def _stream(data, blocks: list[tuple[int, int]], workers: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """The points of each block, ``(hi - lo, *S)`` on ``device`` for a data set (as given for a tensor)."""
     if isinstance(data, torch.Tensor):
-        return data[lo:hi]
-    return torch.stack([_point(data[i]) for i in range(lo, hi)])
+        for lo, hi in blocks:
+            yield data[lo:hi]
+        return
+    per_block = [list(range(b, min(hi, b + _LOADER_BATCH))) for lo, hi in blocks for b in range(lo, hi, _LOADER_BATCH)]
+    loader = iter(DataLoader(data, batch_sampler=per_block, num_workers=workers, collate_fn=_collate,
+                             pin_memory=device.type == "cuda"))
+    for lo, hi in blocks:
+        parts = [next(loader).to(device, non_blocking=True) for _ in range(math.ceil((hi - lo) / _LOADER_BATCH))]
+        yield torch.cat(parts)
 
 
-def _fingerprint(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _gather(world: int, value: Any, error: Exception | None) -> list[Any]:
+    """``all_gather_object`` of every rank's ``value``; a rank whose work failed sends
+    its error instead, and then every rank raises (the failed one its own error), so
+    that no rank is left waiting in a later collective."""
+    got: list[Any] = [None] * world
+    dist.all_gather_object(got, ("error", f"{type(error).__name__}: {error}") if error else ("ok", value))
+    failed = [f"rank {r}: {msg}" for r, (kind, msg) in enumerate(got) if kind == "error"]
+    if error is not None:
+        raise error
+    if failed:
+        raise RuntimeError(f"measure_dataset stopped on every rank: {'; '.join(failed)}")
+    return [v for _, v in got]
+
+
+def _same_on_every_rank(world: int, fp: dict[str, str] | None, error: Exception | None) -> None:
+    """Refuse (on every rank alike) ranks whose model, data or settings differ from rank 0's."""
+    got = _gather(world, fp, error)
+    bad = {r: differences(got[0], g) for r, g in enumerate(got) if g != got[0]}
+    if bad:
+        raise ValueError("ranks measure different things, so their blocks would not form one result: "
+                         + "; ".join(f"rank {r} vs rank 0: {', '.join(d)}" for r, d in bad.items())
+                         + " (seed a random-init model the same on every rank)")
+
+
+def _open_checkpoint(path: str, fp: dict[str, str], overwrite: bool) -> dict[int, dict]:
+    """Finished blocks of the checkpoint at ``path`` (``lo -> result dict``); a new file when none."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    header = {"format": _FORMAT, "fingerprint": fp}
+    try:
+        records = jsonl.read(path) if os.path.exists(path) and not overwrite else []
+    except ValueError as e:
+        raise ValueError(f"checkpoint {e}; pass overwrite=True to start afresh") from None
+    if not records:
+        jsonl.start(path, header)
+        return {}
+    old = records[0].get("fingerprint") if records[0].get("format") == _FORMAT else None
+    if old != fp:
+        what = "; ".join(differences(old, fp)) if isinstance(old, dict) else "an older lcfast checkpoint format"
+        raise ValueError(f"checkpoint {path!r} was made for another measurement: {what}. Pass overwrite=True "
+                         "to start afresh, or use another checkpoint path")
+    return {int(r["lo"]): r["result"] for r in records[1:]}
 
 
 def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, checkpoint: str | None = None,
-                    id_offset: int = 0, progress: bool = False, distributed: bool | None = None,
-                    **kwargs) -> LCResult:
-    """LC of every point of a data set, resumable and optionally distributed.
+                    overwrite: bool = False, workers: int = 0, id_offset: int = 0, progress: bool = False,
+                    distributed: bool | None = None, **kwargs) -> LCResult:
+    """LC of every point of a data set: streamed, resumable, optionally distributed.
 
     Args:
-        model: any ``nn.Module`` (left exactly as found).
+        model: any ``nn.Module`` (left exactly as found); not FSDP/DTensor-sharded.
         data: a tensor ``(N, *S)`` or a map-style dataset whose items are ``x`` or
-            ``(x, ...)`` with ``x`` of shape ``S``.
+            ``(x, ...)`` with ``x`` a tensor of shape ``S``
+            (e.g. :class:`lcfast.image_folder.ImageFiles`).
         block_size: points per block (the unit of checkpointing and of work sharing).
         checkpoint: path prefix of the JSON-lines checkpoint (one file per rank,
-            ``<checkpoint>.rank<r>.jsonl``); ``None`` keeps nothing.  A checkpoint made
-            with other settings is refused.
+            ``<checkpoint>.rank<r>.jsonl``); ``None`` keeps nothing.
+        overwrite: start the checkpoint afresh instead of refusing one made for another
+            measurement (other settings, backend, weights, data or frames).
+        workers: ``DataLoader`` worker processes reading a data set (0: in this
+            process; a tensor is sliced directly, without workers).
         id_offset: ids are ``id_offset + index``.
         progress: tqdm bar over blocks (rank 0 only).
         distributed: split blocks over the ranks of the default process group
             (default: whenever one is initialised).
         **kwargs: passed to :func:`lcfast.local_complexity` (``radius``, ``n_dirs``,
-            ``seed``, ``sites``, ``backend``, ``dtype``, ...; not ``ids``/``directions``).
+            ``seed``, ``sites``, ``backend``, ``dtype``, ``chunk_size``, ...; not
+            ``ids``/``directions``).
 
     Returns:
-        :class:`LCResult` over all ``N`` points, in data set order, on every rank.
+        :class:`LCResult` over all ``N`` points (``counts (N, L)``, ``ids (N,)`` =
+        ``id_offset + arange(N)``), in data set order, on every rank.
+
+    Raises:
+        ValueError: bad ``block_size``/``workers``, a checkpoint made for another
+            measurement, or ranks that measure different models/data/settings (the
+            message names what differs).
+        TypeError: ``ids``/``directions`` given, data without ``__len__``, a sharded model.
 
     Example:
         >>> res = measure_dataset(model, x, block_size=256, checkpoint="runs/lc")  # doctest: +SKIP
@@ -72,77 +172,75 @@ def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, che
             raise TypeError(f"measure_dataset: {bad!r} is not accepted (ids come from the data set indices)")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an int >= 0, got {workers!r}")
     try:
         N = len(data)
     except TypeError:
         raise TypeError("data must be a tensor or a map-style dataset with __len__") from None
+    model = _refuse_sharded(model)
     if distributed is None:
         distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
 
     blocks = [(lo, min(N, lo + block_size)) for lo in range(0, N, block_size)]
-    mine = blocks[rank::world]
-    settings = dict(N=N, block_size=block_size, id_offset=id_offset,
-                    **{k: v for k, v in kwargs.items() if k not in ("progress", "chunk_size", "backend")})
-    fp = _fingerprint(settings)
-
+    rounds = [[blocks[i] if i < len(blocks) else None for i in range(k, k + world)]
+              for k in range(0, len(blocks), world)]
     done: dict[int, dict] = {}
-    path = None
-    if checkpoint is not None:
-        path = f"{checkpoint}.rank{rank}.jsonl"
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    line = line.strip()
-                    if not line:
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        break  # a torn last line from a crash: that block is redone
-                    if rec.get("fingerprint") != fp:
-                        raise ValueError(f"checkpoint {path!r} was made with other settings; "
-                                         "use another checkpoint path or delete it")
-                    done[rec["lo"]] = rec
+    path = f"{checkpoint}.rank{rank}.jsonl" if checkpoint is not None else None
+    fp = error = None
+    try:
+        if path is not None or distributed:
+            fp = measurement_fingerprint(model, data, kwargs, block_size=block_size, id_offset=id_offset)
+        if path is not None:
+            done = _open_checkpoint(path, fp, overwrite)
+    except Exception as e:  # noqa: BLE001 - under ranks, reported to all of them first
+        if not distributed:
+            raise
+        error = e
+    if distributed:
+        _same_on_every_rank(world, fp, error)
+    pending = [rd[rank] for rd in rounds if rd[rank] is not None and rd[rank][0] not in done]
+    stream = _stream(data, pending, workers, model_device(model, torch.device("cpu")))
+    size = kwargs.pop("chunk_size", None)
+
+    def measure(x, ids):
+        def span(lo, hi, chunk):
+            return local_complexity(model, x[lo:hi], ids=ids[lo:hi], chunk_size=chunk, **kwargs)
+        nonlocal size
+        parts, size = measure_halving(span, len(ids), size)
+        return LCResult.concat(parts).to_dict()
 
     bar = None
     if progress and rank == 0:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(mine), desc="lcfast blocks", unit="block", initial=sum(lo in done for lo, _ in mine))
+        bar = tqdm(total=len(blocks), desc="lcfast blocks", unit="block")
     try:
-        for lo, hi in mine:
-            if lo in done:
-                continue
-            x = _block(data, lo, hi)
-            ids = torch.arange(id_offset + lo, id_offset + hi)
-            res = local_complexity(model, x, ids=ids, **kwargs)
-            rec = dict(fingerprint=fp, lo=lo, hi=hi, result=res.to_dict())
-            done[lo] = rec
-            if path is not None:
-                with open(path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+        for rd in rounds:
+            mine, error = rd[rank], None
+            if mine is not None and mine[0] not in done:
+                lo, hi = mine
+                try:
+                    done[lo] = measure(next(stream), torch.arange(id_offset + lo, id_offset + hi))
+                except Exception as e:  # noqa: BLE001 - under ranks, reported to all of them first
+                    if not distributed:
+                        raise
+                    error = e
+                else:
+                    if path is not None:
+                        jsonl.append(path, {"lo": lo, "hi": hi, "result": done[lo]})
+            if distributed:  # the round's one collective (None: empty work)
+                got = _gather(world, None if mine is None else done.get(mine[0]), error)
+                done.update({b[0]: res for b, res in zip(rd, got) if b is not None})
             if bar is not None:
-                bar.update(1)
+                bar.update(sum(b is not None for b in rd))
     finally:
+        stream.close()  # stops DataLoader workers at once, also on errors
         if bar is not None:
             bar.close()
 
-    local = [done[lo]["result"] for lo, _ in mine]
-    if distributed:
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, local)
-        per_block = {}
-        for r, parts in enumerate(gathered):
-            for (lo, _), part in zip(blocks[r::world], parts):
-                per_block[lo] = part
-        parts = [per_block[lo] for lo, _ in blocks]
-    else:
-        parts = local
-    if not parts:  # N == 0
+    if not blocks:  # N == 0
         if not isinstance(data, torch.Tensor):
             raise ValueError("data is empty and not a tensor: there is nothing to measure")
         return local_complexity(model, data, **kwargs)
-    return LCResult.concat([LCResult.from_dict(p) for p in parts])
+    return LCResult.concat([LCResult.from_dict(done[lo]) for lo, _ in blocks])
