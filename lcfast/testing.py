@@ -140,7 +140,8 @@ def site_values(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, rad
 
     Returns:
         per site, ``(z,)`` ``(N*2P, *F)`` in ``dtype``; for ``dtype=torch.float64``
-        ``(z, S)`` with the scales of :class:`lcfast.tolerance.ScaleTracker`.
+        ``(z, S)`` with the scales of :class:`lcfast.tolerance.ScaleTracker` (its
+        ReLU band set for float32).
     """
     N = x.shape[0]
     V = 2 * directions.shape[-x.dim()]
