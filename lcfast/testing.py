@@ -18,7 +18,7 @@ from .engine.base import model_device, model_guard
 from .engine.reference import crossing_counts
 from .neighborhood import random_frames, vertices
 from .sites import SiteSpec
-from .tolerance import (AMBIGUOUS_FLOOR, AMBIGUOUS_RATIO, K, ScaleTracker, ToleranceReport,
+from .tolerance import (AMBIGUOUS_BACKGROUND, AMBIGUOUS_FLOOR, AMBIGUOUS_RATIO, K, ScaleTracker, ToleranceReport,
                         ambiguous_counts, check_counts, unit_roundoff)
 
 from .engine.intercept import SiteHandler, SiteInterceptor
@@ -137,7 +137,8 @@ def site_values(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, rad
 
     Returns:
         per site, ``(z,)`` ``(N*2P, *F)`` in ``dtype``; for ``dtype=torch.float64``
-        ``(z, S)`` with the scales of :class:`lcfast.tolerance.ScaleTracker`.
+        ``(z, S)`` with the scales of :class:`lcfast.tolerance.ScaleTracker` (its
+        ReLU band set for float32).
     """
     N = x.shape[0]
     V = 2 * directions.shape[-x.dim()]
@@ -157,8 +158,9 @@ def site_values(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, rad
 
 
 def assert_counts_match(counts: torch.Tensor, oracle: Float64Oracle, *, ratio: float = AMBIGUOUS_RATIO,
-                        floor: float = AMBIGUOUS_FLOOR) -> ToleranceReport:
+                        background: float = AMBIGUOUS_BACKGROUND, floor: float = AMBIGUOUS_FLOOR) -> ToleranceReport:
     """Assert the tolerance rule (:func:`lcfast.tolerance.check_counts`) for ``counts``
     ``(N, L)`` against the oracle; returns the :class:`~lcfast.tolerance.ToleranceReport`
     (ambiguous and crossed totals, to report)."""
-    return check_counts(counts, oracle.counts, oracle.ambiguous, oracle.neurons, sites=oracle.sites, ratio=ratio, floor=floor)
+    return check_counts(counts, oracle.counts, oracle.ambiguous, oracle.neurons, sites=oracle.sites, ratio=ratio,
+                        background=background, floor=floor)

@@ -75,8 +75,8 @@ def test_ambiguous_counts_and_check_counts():
     assert (rep.crossed, rep.ambiguous, rep.differing_cells, rep.max_abs_diff) == (103, 1, 1, 1)
     with pytest.raises(ToleranceError, match="beyond their ambiguous"):
         check_counts(torch.tensor([[100, 4]]), exact, amb, 100)
-    with pytest.raises(ToleranceError, match="too many ambiguous"):  # 27 > 0.25 * 103 + 1e-4 * 100
-        check_counts(exact, exact, torch.tensor([[24, 3]]), 100)
+    with pytest.raises(ToleranceError, match="too many ambiguous"):  # 30 > 0.25 * 103 + 1e-4 * 100 + 3
+        check_counts(exact, exact, torch.tensor([[27, 3]]), 100)
     with pytest.raises(ToleranceError, match="shapes"):
         check_counts(exact[:, :1], exact, amb, 100)
 
@@ -93,8 +93,9 @@ KMODELS = {
 
 @pytest.mark.parametrize("name", list(KMODELS))
 def test_k_covers_measured_error(name):
-    """The backend's rounding error at every site value stays within K/2 * u * S (K
-    keeps a factor 2 for other summation orders); every op met has a scale rule."""
+    """The reference's rounding error at every site value stays within 0.75 K u S: K
+    keeps headroom for other summation orders (measured largest: 15.6 = 0.49 K, on
+    ResNet50); every value of scale 0 is exact."""
     make, shape = KMODELS[name]
     model = make()
     x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(7))
@@ -109,7 +110,7 @@ def test_k_covers_measured_error(name):
             err = (z.double() - z64).abs()
             assert bool((err[s == 0] == 0).all())  # scale 0 means exact
             worst = max(worst, float((err / (unit_roundoff(dtype) * s)).nan_to_num(0.0).max()))
-        assert 0 < worst <= K / 2, (dtype, worst)
+        assert 0 < worst <= 0.75 * K, (dtype, worst)
 
 
 PLANT = {
