@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lcfast import bench
+from lcfast import bench, zoo
 from lcfast.scale import measure_dataset
 
 N, P, RADIUS, BLOCK = 500, 25, 0.005, 125
@@ -42,8 +42,8 @@ def _measure(rank: int, world: int, port: int, threads: int, out: str) -> None:
         dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(threads)
-        model = bench.build_model("mnist-mlp")
-        x, _ = bench.build_data("mnist", N, (784,))
+        model = zoo.build_model("mnist-mlp")
+        x, _ = zoo.build_points("mnist", N, (784,), fallback=True)
         measure_dataset(model, x[:4], block_size=BLOCK, n_dirs=P, radius=RADIUS, distributed=False)  # warm-up
         if world > 1:
             dist.barrier()
