@@ -228,12 +228,16 @@ def _shaped_directions(directions, N: int, S: tuple[int, ...]) -> tuple[torch.Te
 
 #: Relative deviation from orthonormal (a norm off 1, a cosine off 0) above which
 #: given directions draw a warning: far above float32 rounding of a QR frame (~1e-7).
+#: For directions given in a dtype whose machine epsilon is larger (bfloat16: 7.8e-3)
+#: that epsilon is the threshold: rounding a unit vector to it moves a norm or a
+#: cosine by up to about eps / 2.
 ORTHONORMAL_TOL = 1e-3
 
 
 def _warn_if_not_orthonormal(directions: torch.Tensor, shared: bool, P: int) -> None:
     """One warning naming the worst norm or inner product of ``directions`` (``(P, *S)``
-    or ``(N, P, *S)``) when it deviates by more than :data:`ORTHONORMAL_TOL`."""
+    or ``(N, P, *S)``) when it deviates by more than :data:`ORTHONORMAL_TOL` (or the
+    directions' dtype epsilon, when larger)."""
     frames = directions.detach().reshape(1 if shared else directions.shape[0], P, -1)
     dt = torch.float64 if frames.dtype == torch.float64 else torch.float32
     worst_norm = worst_cos = (0.0, 0, 0, 0)  # (deviation, point, i, j)
@@ -251,7 +255,8 @@ def _warn_if_not_orthonormal(directions: torch.Tensor, shared: bool, P: int) -> 
         if P > 1 and float(cos.flatten()[k]) > worst_cos[0]:
             b, rest = divmod(k, P * P)
             worst_cos = (float(cos.flatten()[k]), lo + b, *sorted(divmod(rest, P)))
-    if max(worst_norm[0], worst_cos[0]) <= ORTHONORMAL_TOL:
+    tol = max(ORTHONORMAL_TOL, torch.finfo(directions.dtype).eps)
+    if max(worst_norm[0], worst_cos[0]) <= tol:
         return
     where = "" if shared else "point {}, "
     if worst_norm[0] >= worst_cos[0]:
@@ -262,7 +267,7 @@ def _warn_if_not_orthonormal(directions: torch.Tensor, shared: bool, P: int) -> 
         dev, n, i, j = worst_cos
         what = f"inner product (cosine) {dev:.3g} ({where.format(n)}directions {i} and {j})"
     warnings.warn(
-        f"directions are not orthonormal: worst deviation {dev:.3g} > {ORTHONORMAL_TOL:g}, {what}. "
+        f"directions are not orthonormal: worst deviation {dev:.3g} > {tol:g}, {what}. "
         "They are used as given (unit vectors, scaled by radius); pass check_directions=False to "
         "silence this.", UserWarning, stacklevel=4)
 

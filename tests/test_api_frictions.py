@@ -64,6 +64,12 @@ def test_non_orthonormal_directions_warn_once_naming_the_worst():
         warnings.simplefilter("error")
         lcfast.local_complexity(model, x, radius=0.1, directions=scaled, check_directions=False,
                                 backend="reference")
+    for dtype in (torch.bfloat16, torch.float16):  # rounding a frame to a short dtype is not a deviation
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            small = lcfast.random_frames((20,), 3, 0, torch.arange(40))
+            lcfast.local_complexity(model, torch.randn(40, 20), radius=0.1, directions=small.to(dtype),
+                                    dtype=torch.float32, backend="reference")
     with pytest.raises(TypeError, match="check_directions"):
         lcfast.local_complexity(model, x, radius=0.1, directions=frames, check_directions="yes")
 
