@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .engine import get_backend
+from .engine.policy import engine_for  # GPU policy hook (issue 14 item 7): auto choice + first-chunk fallback
 from .engine.base import SizeProbe, chunks, model_device, model_guard, points_per_chunk, _model_dtype
 from .neighborhood import random_frames, shared_frame
 from .result import LCResult
@@ -154,7 +154,7 @@ def local_complexity(
     spec = SiteSpec.resolve(model, sites)
     device = model_device(model, x.device)
     cdtype = dtype or _model_dtype(model)
-    engine = get_backend(backend, device)
+    engine = engine_for(backend, device)  # GPU policy hook (issue 14 item 7), see lcfast/engine/policy.py
 
     # ---------------- measurement ----------------
     t0 = time.perf_counter()
@@ -229,7 +229,7 @@ def local_complexity(
                     bar.close()
             counts = torch.cat(parts, 0)
     meta = dict(backend=engine.name, dtype=str(cdtype).replace("torch.", ""), seed=int(seed),
-                device=str(device), seconds=time.perf_counter() - t0,
+                device=str(device), seconds=time.perf_counter() - t0, **engine.meta,  # GPU policy hook (fallbacks)
                 directions="given" if directions is not None else ("shared" if shared_directions else "per_point"),
                 **({"compiled_model": "measured its _orig_mod"} if compiled else {}))
     return LCResult(counts=counts, sites=names or [], neurons=torch.tensor(neurons, dtype=torch.long),
