@@ -20,7 +20,7 @@ from .engine.reference import crossing_counts
 from .neighborhood import random_frames, vertices
 from .sites import SiteHandler, SiteInterceptor, SiteSpec
 
-__all__ = ["REL_TOL", "Float64Oracle", "float64_oracle", "assert_counts_match"]
+__all__ = ["REL_TOL", "Float64Oracle", "float64_oracle", "assert_counts_match", "ambiguous_neurons"]
 
 #: Relative tolerance of a pre-activation per compute dtype (times the site's largest
 #: |value| of that point).  float32: ~1000 ulps covers accumulation over a few
@@ -39,12 +39,23 @@ class _MarginHandler(SiteHandler):
         self.ambiguous: list[torch.Tensor] = []
 
     def count(self, pre, V):
-        n = pre.shape[0] // V
-        z = pre.reshape(n, V, pre[0].numel() if n else 0)
-        scale = z.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1.0)
-        near = (z.abs() <= self.rel_tol * scale).any(dim=1)
-        self.ambiguous.append(near.sum(1))
+        self.ambiguous.append(ambiguous_neurons(pre, V, self.rel_tol))
         return crossing_counts(pre, V)
+
+
+def ambiguous_neurons(pre: torch.Tensor, V: int, rel_tol: float) -> torch.Tensor:
+    """The tolerance rule on one site: ``LongTensor (n,)``, neurons of each point whose
+    value at some vertex is within ``rel_tol * max(1, max |pre| of the point)`` of zero.
+
+    Args:
+        pre: ``(n * V, *F)`` float64 site values, the ``V`` vertices of a point contiguous.
+        V: vertices per point.
+        rel_tol: e.g. ``REL_TOL[compute dtype]``.
+    """
+    n = pre.shape[0] // V
+    z = pre.reshape(n, V, pre[0].numel() if n else 0)
+    scale = z.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1.0)
+    return (z.abs() <= rel_tol * scale).any(dim=1).sum(1)
 
 
 @dataclass
