@@ -207,15 +207,15 @@ def correctness(run, sec, dev):
 # timing (launcher defaults; the sweeps are in `tune`)
 # ---------------------------------------------------------------------------
 
-def _epilogue_shape(smoke):
-    return (50, 256) if smoke else (500, 64 * 56 * 56)  # ResNet18 layer1 site, 10 points
+def _timing_setup(run):
+    """``(reps, rows, F, V)`` of the epilogue timings: a ResNet18 layer1 site, 10 points."""
+    smoke = run.args.smoke
+    return (2, 50, 256, 50) if smoke else (20, 500, 64 * 56 * 56, 50)
 
 
 def timing(run, sec, dev):
     smoke = run.args.smoke
-    reps = 2 if smoke else 20
-    rows, F_ = _epilogue_shape(smoke)
-    V = 50
+    reps, rows, F_, V = _timing_setup(run)
     for dtype in (torch.float32, torch.bfloat16):
         def epi(dtype=dtype):
             pre = torch.randn(rows, F_, device=dev, dtype=dtype)
@@ -359,9 +359,7 @@ def tune(run, sec, dev):
     from lcfast.kernels.triton_crossing import crossing_epilogue_kernel
     from lcfast.kernels.triton_linear_crossing import linear_crossing_kernel
     smoke = run.args.smoke
-    reps = 2 if smoke else 20
-    rows, F_ = _epilogue_shape(smoke)
-    V = 50
+    reps, rows, F_, V = _timing_setup(run)
     for dtype in (torch.float32, torch.bfloat16):
         pre = torch.randn(rows, F_, device=dev, dtype=dtype)
         o = torch.empty_like(pre)

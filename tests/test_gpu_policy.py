@@ -115,6 +115,12 @@ def test_last_backend_failure_is_raised_and_model_untouched(broken_backend, monk
     assert _FirstChunkFails.calls == 2
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_auto_on_cuda_without_cuda_never_picks_triton():
+    assert policy.device_class(torch.device("cuda")) == "cuda (not available)"
+    assert policy.engine_for("auto", torch.device("cuda")).name in ("native", "reference")
+
+
 def test_named_backend_unavailable_and_unknown():
     with pytest.raises(ValueError, match="backend must be one of"):
         policy.engine_for("cuda-magic", torch.device("cpu"))

@@ -44,7 +44,7 @@ def device_class(device: torch.device) -> str:
     """``"cpu"``, or the CUDA device's name (``torch.cuda.get_device_name``)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return torch.cuda.get_device_name(device) if torch.cuda.is_available() else "cuda (not available)"
     return device.type
 
 
