@@ -127,10 +127,10 @@ fi
 # ------------------------------------------------------------------ correctness
 step triton-correctness 200 40 $PY benchmarks/gpu_triton_check.py $SMOKE --fresh --sections correctness \
     --out "$TRI" ${OUTD:+--copy-to "$OUTD"} --budget $(( $(left) > 200 ? 190 : $(left) - 10 )) \
-    || say "Triton correctness: failures (see $TRI)"
+    || say "Triton correctness: rc=$? (1: failures, 124: timed out; see $TRI)"
 step auto224 120 40 $PY benchmarks/gpu_triton_check.py $SMOKE --sections auto224 \
     --out "$TRI" ${OUTD:+--copy-to "$OUTD"} --budget $(( $(left) > 120 ? 110 : $(left) - 10 )) \
-    || say "auto-chunked 224 px run: failures (see $TRI)"
+    || say "auto-chunked 224 px run: rc=$? (see $TRI)"
 ship "$TRI"
 CHECK_W=${LC_WORKLOADS:-all}; [ "$DEV" = cpu ] && CHECK_W=${LC_WORKLOADS:-mnist-mlp}
 step check 150 30 $PY -m lcfast.bench --workload $CHECK_W --device "$DEV" --size "$SIZE" --n 8 \
