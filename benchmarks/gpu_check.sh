@@ -155,7 +155,8 @@ suite() {
             --benchmark-columns=median,rounds || say "$W exited with $?"
         [ -f "$RES/.gpu-$SLUG-$W.json" ] && parts+=("$RES/.gpu-$SLUG-$W.json")
         if [ ${#parts[@]} -gt 0 ]; then  # the table so far, shipped after every workload
-            $PY benchmarks/report.py "${parts[@]}" --json-out "$SUITE" --out "$SUITE_MD" >/dev/null && ship "$SUITE" "$SUITE_MD"
+            timeout -k 2 30 $PY benchmarks/report.py "${parts[@]}" --json-out "$SUITE" --out "$SUITE_MD" >/dev/null \
+                && ship "$SUITE" "$SUITE_MD"
         fi
     done
 }
