@@ -1,126 +1,175 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: install (offline), check every GPU backend against
-# the reference ON THE GPU, then run the benchmark suite at GPU sizes, within a time
-# budget (default 8 minutes), writing results named after the GPU:
+# One command for a lent GPU machine: build (offline), check every GPU path against the
+# reference ON THE GPU, then time, within the call's time limit.  Whatever happens --
+# a failing step, a hang, the hard kill at the limit -- the evidence so far is in $OUT:
 #
-#   bash benchmarks/gpu_check.sh            # from anywhere; uses python3 (or $PYTHON)
+#   * the log is written into $OUT as it grows (tee), not copied at the end;
+#   * each result file is copied to $OUT as soon as its step ends (the Triton check
+#     writes its JSON there after every sub-check);
+#   * every step's timeout is capped by the time left, and the budget is the call's
+#     limit minus a margin, so the script ends itself before the tool kills it.
 #
-#   benchmarks/results/gpu-<gpu-name>.json       merged pytest-benchmark JSON (report.py input)
-#   benchmarks/results/gpu-<gpu-name>.md         the markdown table with its conditions line
-#   benchmarks/results/gpu-<gpu-name>-check.json lcfast bench --check-only on the GPU
-#   benchmarks/results/triton-<gpu-name>.json    benchmarks/gpu_triton_check.py (if present)
-#   benchmarks/results/gpu-<gpu-name>.log        everything printed
-# and copies them to $OUT when that is set (the lent-device tool brings $OUT back).
+#   OUT=/some/dir LCFAST_GPU_CALL_LIMIT_S=540 bash benchmarks/gpu_check.sh
 #
-# Installs nothing from the network: `pip install --no-build-isolation --no-deps
-# --no-index -e .` builds the C++/CUDA extension against the machine's torch (skipped
-# when lcfast already imports from this tree with its extension).
+# Files (at most 8, the device tool's limit; <slug> from the GPU's name):
+#   gpu-<slug>.log            everything printed (steps, test output, summary)
+#   gpu-<slug>-build.log      the extension build (pip -v), also when it fails
+#   triton-<slug>.json        benchmarks/gpu_triton_check.py: correctness, auto224,
+#                             timing, workloads, tune sections (one file)
+#   gpu-<slug>-check.json     lcfast bench --check-only: every method vs the reference
+#   gpu-<slug>.json / .md     the benchmark suite (rewritten after every workload)
 #
-# Budget: LCFAST_GPU_BUDGET_S (default 480 s, counted from the start of this script).
-# The suite runs one workload per pytest call, cheapest first, so a workload that
-# would not fit is skipped (and said so) instead of a timeout losing the whole JSON.
-# LC_WORKLOADS="a b" restricts the workloads.  Never changes GPU settings.
+# Environment:
+#   LCFAST_GPU_CALL_LIMIT_S   the call's limit (device run's timeout_s; default 600)
+#   LCFAST_GPU_MARGIN_S       kept back for the last copy and the tool's kill (default 30)
+#   LCFAST_GPU_BUDGET_S       overrides limit - margin
+#   LCFAST_GPU_CHECK_DEVICE   cuda (default) | cpu: the same steps on the CPU (Triton
+#                             under the interpreter, toy sizes): a smoke test of this script
+#   LCFAST_GPU_STEPS          run only these steps (space-separated names, see STEPS)
+#   LCFAST_GPU_TUNE=0         leave the optional tuning sweeps out
+#   LC_WORKLOADS="a b"        restrict the benchmark workloads
+#   LCFAST_GPU_RESULTS_DIR    where results are written first (default benchmarks/results)
+# Never changes GPU settings.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 START=$(date +%s)
-BUDGET=${LCFAST_GPU_BUDGET_S:-480}
-RES=benchmarks/results
+LIMIT=${LCFAST_GPU_CALL_LIMIT_S:-600}
+MARGIN=${LCFAST_GPU_MARGIN_S:-30}
+BUDGET=${LCFAST_GPU_BUDGET_S:-$((LIMIT - MARGIN))}
+RES=${LCFAST_GPU_RESULTS_DIR:-benchmarks/results}
 mkdir -p "$RES"
+OUTD=""
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT" && OUTD=$OUT; fi
 elapsed() { echo $(( $(date +%s) - START )); }
 left() { echo $(( BUDGET - $(elapsed) )); }
 say() { echo "[gpu_check +$(elapsed)s] $*"; }
+ship() { [ -n "$OUTD" ] || return 0; local f; for f in "$@"; do [ -f "$f" ] && cp -f "$f" "$OUTD/"; done; return 0; }
 
-# LCFAST_GPU_CHECK_DEVICE=cpu runs the same steps on the CPU (a smoke test of this
-# script, e.g. with LC_WORKLOADS=mnist-mlp LCFAST_BENCH_SIZE=cpu); results say cpu-smoke.
 DEV=${LCFAST_GPU_CHECK_DEVICE:-cuda}
-SIZE=${LCFAST_BENCH_SIZE:-gpu}
+STEPS=${LCFAST_GPU_STEPS:-"build cuda-kernel cuda-tests triton-correctness auto224 check suite triton-timing tune"}
 if [ "$DEV" = cpu ]; then
-    GPU="cpu (smoke test of gpu_check.sh)"; SLUG=cpu-smoke
+    GPU="cpu (smoke test of gpu_check.sh)"; SLUG=cpu-smoke; SIZE=${LCFAST_BENCH_SIZE:-cpu}; SMOKE=--smoke
 else
     GPU=$($PY -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA GPU'; print(torch.cuda.get_device_name(0))") \
         || { echo "gpu_check: no CUDA GPU visible to $PY" >&2; exit 2; }
     SLUG=$(echo "$GPU" | tr '[:upper:]' '[:lower:]' | sed -E 's/[^a-z0-9]+/-/g; s/^-+//; s/-+$//')
+    SIZE=${LCFAST_BENCH_SIZE:-gpu}; SMOKE=""
 fi
-LOG="$RES/gpu-$SLUG.log"
-exec > >(tee "$LOG") 2>&1
-say "GPU: $GPU (results named gpu-$SLUG), budget ${BUDGET}s, python: $($PY -c 'import sys; print(sys.executable)')"
+LOG="$RES/gpu-$SLUG.log"; BLOG="$RES/gpu-$SLUG-build.log"; TRI="$RES/triton-$SLUG.json"
+CHECK="$RES/gpu-$SLUG-check.json"; SUITE="$RES/gpu-$SLUG.json"; SUITE_MD="$RES/gpu-$SLUG.md"
+rm -f "$LOG" "$BLOG" "$TRI" "$CHECK" "$SUITE" "$SUITE_MD" "$RES"/.gpu-"$SLUG"-*.json
+# the log grows in $OUT itself: a hard kill keeps every line printed so far
+exec > >(tee "$LOG" ${OUTD:+"$OUTD/$(basename "$LOG")"}) 2>&1
+export PYTHONUNBUFFERED=1 LCFAST_BENCH_DEVICE=$DEV LCFAST_BENCH_SIZE=$SIZE
+SUMMARY=()
+
+# step NAME MAX_S MIN_S CMD...: run CMD with a timeout of min(MAX_S, time left); skip it
+# when less than MIN_S is left.  Returns CMD's status (124: timed out).
+step() {
+    local name=$1 max=$2 min=$3; shift 3
+    case " $STEPS " in *" $name "*) ;; *) return 0 ;; esac
+    local l; l=$(left)
+    if [ "$l" -lt "$min" ]; then
+        say "SKIP $name: ${l}s left, it needs ~${min}s"; SUMMARY+=("$name: skipped (${l}s left)"); return 0
+    fi
+    local t=$(( max < l ? max : l )) t0; t0=$(date +%s)
+    say "BEGIN $name (timeout ${t}s of ${l}s left)"
+    timeout -k 5 "$t" "$@" &
+    CHILD=$!
+    wait $CHILD; local rc=$?
+    CHILD=
+    say "END $name rc=$rc in $(( $(date +%s) - t0 ))s"
+    SUMMARY+=("$name: rc=$rc in $(( $(date +%s) - t0 ))s")
+    return $rc
+}
+finish() {
+    say "summary (budget ${BUDGET}s = limit ${LIMIT}s - margin ${MARGIN}s):"
+    local s; for s in "${SUMMARY[@]}"; do echo "    $s"; done
+    ship "$BLOG" "$TRI" "$CHECK" "$SUITE" "$SUITE_MD"
+    say "done in $(elapsed)s"
+}
+CHILD=
+trap 'say "TERMINATED by a signal"; [ -n "$CHILD" ] && kill -TERM "$CHILD" 2>/dev/null; finish; exit 143' TERM INT
+
+say "GPU: $GPU (results named *-$SLUG.*), budget ${BUDGET}s, steps: $STEPS"
+say "python: $($PY -c 'import sys; print(sys.executable)'), out: ${OUTD:-none}"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm,temperature.gpu --format=csv 2>/dev/null || true
 uptime || true
 
-# ---------------------------------------------------------------- 1. install (offline)
-if [ "$DEV" = cpu ]; then
-    say "smoke test: no install (uses lcfast as installed here)"
-elif $PY - <<'EOF' 2>/dev/null
-import os, sys, lcfast, lcfast.bench
-assert os.path.realpath(os.path.dirname(lcfast.__file__)) == os.path.realpath("lcfast")
-import lcfast._C  # the extension of this tree
-EOF
-then
-    say "lcfast with its extension already importable from this tree: no install"
-else
-    CAP=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0) if torch.cuda.is_available() else '9.0')")
-    say "pip install --no-build-isolation --no-deps --no-index -e . (TORCH_CUDA_ARCH_LIST=$CAP)"
-    TORCH_CUDA_ARCH_LIST=$CAP MAX_JOBS=$(nproc) timeout 240 $PY -m pip install -q --no-build-isolation --no-deps \
-        --no-index -e . || say "INSTALL FAILED (rc=$?): backends needing the extension will be missing"
-fi
+# ------------------------------------------------------------------ build (offline)
+build() {
+    if [ "$DEV" = cpu ]; then echo "smoke test: no build (uses lcfast as installed here)"; return 0; fi
+    local cap; cap=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))")
+    echo "pip install -v --no-build-isolation --no-deps --no-index -e . (TORCH_CUDA_ARCH_LIST=$cap)"
+    TORCH_CUDA_ARCH_LIST=$cap MAX_JOBS=$(nproc) $PY -m pip install -v --no-build-isolation --no-deps --no-index -e .
+}
+export -f build; export DEV PY BLOG
+step build 300 60 bash -c 'build >"$BLOG" 2>&1'
+BUILD_RC=$?
+ship "$BLOG"
+say "build log: $BLOG (rc=$BUILD_RC), last lines:"; tail -n 15 "$BLOG" 2>/dev/null | sed 's/^/    /'
 $PY -c "import lcfast, torch; print('lcfast from', lcfast.__file__, '| torch', torch.__version__, '| backends on $DEV:', lcfast.available_backends('$DEV'))" \
-    || { say "lcfast does not import: stop"; exit 3; }
-export LCFAST_BENCH_DEVICE=$DEV LCFAST_BENCH_SIZE=$SIZE PYTHONUNBUFFERED=1
+    || { say "lcfast does not import: stop"; finish; exit 3; }
 
-# ---------------------------------------------------------------- 2. correctness on the GPU
-if [ -f benchmarks/gpu_triton_check.py ] && [ "$DEV" != cpu ]; then
-    TB=${TRITON_CHECK_BUDGET_S:-60}
-    say "benchmarks/gpu_triton_check.py (op-level correctness first; its own budget ${TB}s)"
-    timeout $((TB + 60)) $PY benchmarks/gpu_triton_check.py --out "$RES/triton-$SLUG.json" --budget "$TB" \
-        || say "gpu_triton_check.py exited with $?"
+# ------------------------------------------------------------------ native CUDA kernel
+# A CPU-only or failed build would make every CUDA test skip and the run look clean.
+if [ "$DEV" != cpu ]; then
+    step cuda-kernel 60 10 $PY -c "
+from lcfast import _native
+assert _native.has_kernel('crossing_act', 'cuda'), f'NATIVE CUDA KERNEL MISSING: {_native.ERROR or \"lcfast._C built without CUDA\"}; see the build log'
+print('native CUDA kernel present')" || say "FAIL: the native CUDA kernel is missing: CUDA op tests will fail, not skip"
+    # the CUDA cases alone (-k cuda), no -x: every failure is listed
+    step cuda-tests 150 30 env LCFAST_REQUIRE_CUDA_KERNEL=1 $PY -m pytest -q -rfEs -p no:cacheprovider -k cuda \
+        tests/test_gpu_cuda.py tests/test_native_op.py || say "CUDA op tests: failures above"
 fi
-# backend test files that exercise CUDA (the Triton tests force the CPU interpreter and
-# the native tests without "cuda" are CPU-only: CI runs those)
-BACKEND_TESTS=$(grep -l "cuda" tests/test_*native*.py tests/test_*cuda*.py 2>/dev/null | tr '\n' ' ')
-if [ -n "$BACKEND_TESTS" ] && [ "$DEV" != cpu ]; then
-    say "backend tests: $BACKEND_TESTS"
-    timeout 90 $PY -m pytest -q -x -p no:cacheprovider $BACKEND_TESTS || say "backend tests exited with $?"
-fi
-say "every method vs the reference on the GPU, 8 points per workload (lcfast bench --check-only)"
-timeout 150 $PY -m lcfast.bench --workload ${LC_WORKLOADS:-all} --device "$DEV" --size "$SIZE" --n 8 --check-only --no-compile \
-    --json "$RES/gpu-$SLUG-check.json" | tail -n 40
-CHECK_RC=${PIPESTATUS[0]}
-[ "$CHECK_RC" = 0 ] || say "CHECK FAILURES (rc=$CHECK_RC): see $RES/gpu-$SLUG-check.json; failing methods are never timed below"
 
-# ---------------------------------------------------------------- 3. the suite at GPU sizes
+# ------------------------------------------------------------------ correctness
+step triton-correctness 200 40 $PY benchmarks/gpu_triton_check.py $SMOKE --fresh --sections correctness \
+    --out "$TRI" ${OUTD:+--copy-to "$OUTD"} --budget $(( $(left) > 200 ? 190 : $(left) - 10 )) \
+    || say "Triton correctness: rc=$? (1: failures, 124: timed out; see $TRI)"
+step auto224 120 40 $PY benchmarks/gpu_triton_check.py $SMOKE --sections auto224 \
+    --out "$TRI" ${OUTD:+--copy-to "$OUTD"} --budget $(( $(left) > 120 ? 110 : $(left) - 10 )) \
+    || say "auto-chunked 224 px run: rc=$? (see $TRI)"
+ship "$TRI"
+CHECK_W=${LC_WORKLOADS:-all}; [ "$DEV" = cpu ] && CHECK_W=${LC_WORKLOADS:-mnist-mlp}
+step check 150 30 $PY -m lcfast.bench --workload $CHECK_W --device "$DEV" --size "$SIZE" --n 8 \
+    --check-only --no-compile --json "$CHECK" || say "CHECK FAILURES: see $CHECK (failing methods are never timed)"
+ship "$CHECK"
+
+# ------------------------------------------------------------------ the suite at GPU sizes
 # seconds a workload needs at least (H200 estimates, fp32 without TF32: ~9 runs of the
-# vertex batch per workload plus torch.compile's compile); refine after a measured run.
+# vertex batch plus torch.compile's compile; unmeasured: refine after a real run)
 declare -A NEED=([mnist-mlp]=40 [cifar-cnn]=40 [mnist-mlp-track]=60 [resnet18-224]=100 [vit-b16-224]=130 [resnet50-224]=170)
-ORDER=${LC_WORKLOADS:-"mnist-mlp cifar-cnn mnist-mlp-track resnet18-224 vit-b16-224 resnet50-224"}
-PARTS=()
-for W in $ORDER; do
-    need=${NEED[$W]:-60}
-    if [ "$(left)" -lt "$need" ]; then
-        say "SKIP $W: $(left)s left, it needs ~${need}s"
-        continue
-    fi
-    say "suite: $W"
-    OUTJ="$RES/.gpu-$SLUG-$W.json"
-    timeout "$(left)" $PY -m pytest benchmarks/test_bench_workloads.py -q -p no:cacheprovider --benchmark-only \
-        --lc-device "$DEV" --lc-size "$SIZE" --lc-workloads "$W" --benchmark-json "$OUTJ" --benchmark-columns=median,rounds \
-        || say "$W exited with $?"
-    [ -f "$OUTJ" ] && PARTS+=("$OUTJ")
-done
-OPS=$(ls benchmarks/test_bench_native_op.py benchmarks/test_bench_triton_ops.py 2>/dev/null | tr '\n' ' ')
-if [ -n "$OPS" ] && [ "$(left)" -gt 30 ]; then
-    say "op-level benchmarks: $OPS"
-    timeout "$(left)" $PY -m pytest $OPS -q -p no:cacheprovider --benchmark-only --benchmark-json "$RES/.gpu-$SLUG-ops.json" \
-        || say "op-level benchmarks exited with $?"
-    [ -f "$RES/.gpu-$SLUG-ops.json" ] && PARTS+=("$RES/.gpu-$SLUG-ops.json")
+ALL="mnist-mlp cifar-cnn mnist-mlp-track resnet18-224 vit-b16-224 resnet50-224"
+[ "$DEV" = cpu ] && ALL=mnist-mlp  # the smoke test times nothing that matters
+ORDER=${LC_WORKLOADS:-$ALL}
+suite() {
+    local parts=() W
+    for W in $ORDER; do
+        local need=${NEED[$W]:-60} l; l=$(left)
+        if [ "$l" -lt "$need" ]; then say "SKIP suite $W: ${l}s left, it needs ~${need}s"; continue; fi
+        say "suite: $W"
+        timeout -k 5 "$l" $PY -m pytest benchmarks/test_bench_workloads.py -q -p no:cacheprovider --benchmark-only \
+            --lc-device "$DEV" --lc-size "$SIZE" --lc-workloads "$W" --benchmark-json "$RES/.gpu-$SLUG-$W.json" \
+            --benchmark-columns=median,rounds || say "$W exited with $?"
+        [ -f "$RES/.gpu-$SLUG-$W.json" ] && parts+=("$RES/.gpu-$SLUG-$W.json")
+        if [ ${#parts[@]} -gt 0 ]; then  # the table so far, shipped after every workload
+            timeout -k 2 30 $PY benchmarks/report.py "${parts[@]}" --json-out "$SUITE" --out "$SUITE_MD" >/dev/null \
+                && ship "$SUITE" "$SUITE_MD"
+        fi
+    done
+}
+if case " $STEPS " in *" suite "*) true ;; *) false ;; esac; then
+    say "BEGIN suite (${ORDER// /, })"; suite; SUMMARY+=("suite: $(ls "$RES"/.gpu-"$SLUG"-*.json 2>/dev/null | wc -l) workloads")
 fi
-if [ ${#PARTS[@]} -gt 0 ]; then
-    $PY benchmarks/report.py "${PARTS[@]}" --json-out "$RES/gpu-$SLUG.json" --out "$RES/gpu-$SLUG.md"
-    rm -f "${PARTS[@]}"
+
+# ------------------------------------------------------------------ timings, then the optional sweeps
+step triton-timing 90 30 $PY benchmarks/gpu_triton_check.py $SMOKE --sections timing,workloads \
+    --out "$TRI" ${OUTD:+--copy-to "$OUTD"} --budget $(( $(left) > 90 ? 80 : $(left) - 10 )) || true
+if [ "${LCFAST_GPU_TUNE:-1}" = 1 ]; then
+    step tune 120 40 $PY benchmarks/gpu_triton_check.py $SMOKE --sections tune \
+        --out "$TRI" ${OUTD:+--copy-to "$OUTD"} --budget $(( $(left) > 120 ? 110 : $(left) - 10 )) || true
 fi
-say "done in $(elapsed)s"
-if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
-    cp -f "$RES/gpu-$SLUG.json" "$RES/gpu-$SLUG.md" "$RES/gpu-$SLUG-check.json" "$RES/triton-$SLUG.json" "$OUT"/ 2>/dev/null
-    sync; cp -f "$LOG" "$OUT"/ 2>/dev/null
-fi
+finish
 exit 0

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .engine import get_backend
+from .engine.policy import engine_for  # the auto choice and first-chunk fallback (lcfast/engine/policy.py)
 from .engine.base import Backend, ChunkResult, model_device, model_guard, _model_dtype
 from .engine.chunking import ChunkPlan, SizeProbe
 from .neighborhood import random_frames, shared_frame
@@ -102,7 +102,7 @@ def local_complexity(
     t0 = time.perf_counter()
     counts, names, neurons = _run(request, plan, progress)
     meta = dict(backend=plan.engine.name, dtype=str(plan.dtype).replace("torch.", ""), seed=request.seed,
-                device=str(plan.device), seconds=time.perf_counter() - t0,
+                device=str(plan.device), seconds=time.perf_counter() - t0, **plan.engine.meta,
                 directions="given" if directions is not None else ("shared" if shared_directions else "per_point"),
                 **({"compiled_model": "measured its _orig_mod"} if request.compiled else {}))
     return LCResult(counts=counts, sites=names, neurons=torch.tensor(neurons, dtype=torch.long),
@@ -291,7 +291,7 @@ def _plan(request: _Request) -> _Plan:
     spec = SiteSpec.resolve(model, request.sites)
     device = model_device(model, request.x.device)
     dtype = request.dtype or _model_dtype(model)
-    engine = get_backend(request.backend, device)
+    engine = engine_for(request.backend, device)
     V = 2 * request.P
     point_bytes = math.prod(request.S) * torch.finfo(dtype).bits // 8
     return _Plan(device, dtype, engine, spec, ChunkPlan(request.N, V, point_bytes, device, request.chunk_size))

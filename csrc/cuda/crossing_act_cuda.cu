@@ -30,7 +30,9 @@ __device__ __forceinline__ scalar_t activate(scalar_t x, acc_t slope) {
   if constexpr (ACT == kIdentity) {
     return x;
   } else if constexpr (ACT == kRelu) {
-    return z < acc_t(0) ? scalar_t(0) : x;  // keeps -0.0 and NaN, like torch.relu
+    // PyTorch's CUDA ReLU (clamp_min(x, 0): NaN ? x : max(x, 0)) turns -0.0 into +0.0 and
+    // keeps NaN; its CPU ReLU keeps -0.0 (so does the CPU kernel, matching it there)
+    return (z > acc_t(0) || z != z) ? x : scalar_t(0);
   } else if constexpr (ACT == kLeakyRelu) {
     return z > acc_t(0) ? x : static_cast<scalar_t>(z * slope);
   } else if constexpr (ACT == kGelu) {

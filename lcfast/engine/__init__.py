@@ -17,9 +17,6 @@ BACKENDS = {
     "triton": "lcfast.engine.triton:TritonBackend",
 }
 
-# "auto" tries these in order, per device type.
-_AUTO = {"cuda": ("triton", "native", "reference"), "cpu": ("native", "reference")}
-
 
 def _load(name: str):
     mod, cls = BACKENDS[name].split(":")
@@ -50,7 +47,8 @@ def get_backend(name: str, device: torch.device) -> Backend:
         RuntimeError: the backend exists but cannot run here (the message says why).
     """
     if name == "auto":
-        for cand in _AUTO.get(device.type, ("reference",)):
+        from .policy import auto_order, device_class  # the auto policy lives there (issue 14)
+        for cand in auto_order(device.type, device_class(device)):
             if why_unavailable(cand, device) is None:
                 return _load(cand)[0]()
         raise RuntimeError(f"no backend can run on {device}")

@@ -81,7 +81,8 @@ def linear_crossing_kernel(
         v3 = tl.reshape(valid, [G, VP, BLOCK_N])
         mn = rmin(tl.where(v3, z3, float("inf")), axis=1)
         mx = rmax(tl.where(v3, z3, float("-inf")), axis=1)
-        crossed = crossed_mask(mn, mx) & cvalid[None, :]
+        nan = rmax((v3 & (z3 != z3)).to(tl.int32), axis=1)
+        crossed = crossed_mask(mn, mx, nan != 0) & cvalid[None, :]
         cnt = rsum(crossed.to(tl.int64), axis=1)
         gi = pid_m * G + tl.arange(0, G)
         tl.atomic_add(counts_ptr + gi // T, cnt, mask=gi < n_groups)

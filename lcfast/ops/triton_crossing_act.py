@@ -11,7 +11,7 @@ import triton
 from torch.library import triton_op, wrap_triton
 
 from ..kernels.triton_crossing import crossing_epilogue_kernel
-from .triton_util import act_code, channel_div, check_runnable, dense_batch_major, epilogue_blocks
+from .triton_util import act_code, channel_div, check_runnable, dense_batch_major, epilogue_blocks, epilogue_grid
 
 __all__ = ["triton_crossing_act", "launch_epilogue"]
 
@@ -66,13 +66,17 @@ def launch_epilogue(pre: torch.Tensor, V: int, act: str = "identity", slope: flo
     if n == 0 or F == 0:
         return out, counts
     vb, bf = epilogue_blocks(V, F)
-    grid = (n, triton.cdiv(F, bf))
+    grid = epilogue_grid(n, F, bf)
     dummy = pre
+    code = act_code(act)
     wrap(crossing_epilogue_kernel)[grid](
         pre, out if store else dummy, residual if residual is not None else dummy,
         scale if affine else dummy, shift if affine else dummy, counts,
-        F, C, channel_div(pre, cl), float(slope),
-        V=V, VB=vb, BLOCK_F=bf, ACT=act_code(act), AFFINE=affine, RESIDUAL=residual is not None,
+        F, C, channel_div(pre, cl), triton.cdiv(F, bf),
+        # a constexpr, so float64 math uses the float64 slope (see the kernel's docstring);
+        # 0.0 for other activations so that they share one compiled variant
+        SLOPE=float(slope) if code == act_code("leaky_relu") else 0.0,
+        V=V, VB=vb, BLOCK_F=bf, ACT=code, AFFINE=affine, RESIDUAL=residual is not None,
         STORE=store, F64=pre.dtype == torch.float64,
         num_warps=8 if vb * bf >= 4096 else 4,
     )

@@ -10,7 +10,7 @@ from torch.library import triton_op, wrap_triton
 
 from ..kernels.triton_linear_crossing import linear_crossing_kernel
 from ..acts import GEMM_DTYPES
-from .triton_util import act_code, check_runnable
+from .triton_util import act_code, check_grid, check_runnable
 
 __all__ = ["triton_linear_crossing_act", "launch_linear", "linear_tiles", "MAX_FUSED_V"]
 
@@ -69,7 +69,7 @@ def launch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     t = linear_tiles(V, K, NOUT)
     upcast = x.dtype == torch.bfloat16 and x.device.type == "cpu"  # interpreter bf16 dot bug
     n_groups = n * T
-    grid = (triton.cdiv(n_groups, t["G"]), triton.cdiv(NOUT, t["BLOCK_N"]))
+    grid = check_grid((triton.cdiv(n_groups, t["G"]), triton.cdiv(NOUT, t["BLOCK_N"])))
     wrap(linear_crossing_kernel)[grid](
         x, weight, bias if bias is not None else weight, out, counts,
         n_groups, K, NOUT, T,

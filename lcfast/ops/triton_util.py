@@ -35,7 +35,7 @@ import torch
 from ..acts import KERNEL_DTYPES, kernel_codes
 
 __all__ = ["ACT_CODES", "act_code", "check_runnable", "dense_batch_major", "channel_div",
-           "epilogue_blocks", "SUPPORTED_DTYPES"]
+           "epilogue_blocks", "epilogue_grid", "check_grid", "GRID_LIMITS", "SUPPORTED_DTYPES"]
 
 #: Activation name -> ``ACT`` constexpr of :func:`lcfast.kernels.triton_act.apply_act`
 #: (the :mod:`lcfast.acts` rows with a Triton kernel).
@@ -103,3 +103,25 @@ def epilogue_blocks(V: int, F: int) -> tuple[int, int]:
     bf = max(16, min(512, 4096 // vb))
     fp = 1 << max(0, (max(F, 1) - 1).bit_length())
     return vb, max(16, min(bf, fp))
+
+
+#: Most programs a CUDA launch grid holds per axis (x, y, z): 2^31 - 1, 65,535, 65,535.
+GRID_LIMITS = (2 ** 31 - 1, 65535, 65535)
+
+
+def check_grid(grid: tuple[int, ...]) -> tuple[int, ...]:
+    """``grid`` itself, or a ``ValueError`` naming the axis over its CUDA limit (a clear
+    message instead of a launch failure deep in the driver)."""
+    for axis, (size, limit) in enumerate(zip(grid, GRID_LIMITS)):
+        if size > limit:
+            raise ValueError(f"Triton launch grid {grid}: axis {'xyz'[axis]} has {size} programs, over "
+                             f"the CUDA limit {limit}; use smaller chunks (chunk_size=)")
+    return grid
+
+
+def epilogue_grid(n: int, F: int, block_f: int) -> tuple[int]:
+    """Grid of the crossing epilogue: ``(n * cdiv(F, block_f),)`` on axis x, whose limit
+    is 2^31 - 1 programs (axis y would stop at 65,535 feature tiles, i.e. ~4.19M
+    neurons per row at ``block_f = 64``).  The kernel splits the program id into
+    ``(point, tile)``."""
+    return check_grid((n * (-(-F // block_f)),))
