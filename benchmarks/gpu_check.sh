@@ -116,7 +116,7 @@ $PY -c "import lcfast, torch; print('lcfast from', lcfast.__file__, '| torch', t
 # A CPU-only or failed build would make every CUDA test skip and the run look clean.
 if [ "$DEV" != cpu ]; then
     step cuda-kernel 60 10 $PY -c "
-from lcfast import _native
+from lcfast import _extension as _native
 assert _native.has_kernel('crossing_act', 'cuda'), f'NATIVE CUDA KERNEL MISSING: {_native.ERROR or \"lcfast._C built without CUDA\"}; see the build log'
 print('native CUDA kernel present')" || say "FAIL: the native CUDA kernel is missing: CUDA op tests will fail, not skip"
     # the CUDA cases alone (-k cuda), no -x: every failure is listed

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import lcfast
-from lcfast import _native
+from lcfast import _extension as _native  # the compiled extension loader
 from lcfast.engine.reference import crossing_counts
 from lcfast.testing import assert_counts_match, float64_oracle
 

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from lcfast import _native
+from lcfast import _extension as _native  # the compiled extension loader
 
 HAVE_CUDA = torch.cuda.is_available()
 REQUIRE = os.environ.get("LCFAST_REQUIRE_CUDA_KERNEL") == "1"
