@@ -146,3 +146,29 @@ def test_local_complexity_halves_the_chunk_on_out_of_memory(kind, chunk_size):
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     # no error: no halving reported
     assert "chunk_size_after_oom" not in lcfast.local_complexity(zoo.mlp(), x, chunk_size=4, **KW).meta
+
+
+def test_cli_measures_an_image_folder_through_workers(tmp_path, capsys):
+    """`lcfast measure --data DIR --workers 2`: ImageFiles read by DataLoader workers, the
+    counts of the same images stacked and measured in one call."""
+    import json
+    from lcfast import zoo as lzoo
+    from lcfast.cli import main
+    (tmp_path / "imgs").mkdir()
+    root = _pngs(tmp_path / "imgs")
+    (root / "notes.txt").write_text("not an image")
+    out = tmp_path / "r.json"
+    rc = main(["measure", "--model", "paper-cnn", "--data", str(root), "--size", "32", "--workers", "2",
+               "--block-size", "4", "--dirs", "3", "--radius", "0.05", "--backend", "reference", "--no-progress",
+               "--out", str(out)])
+    assert rc == 0
+    assert "11 of 11 files, 2 loader workers" in capsys.readouterr().out
+    ds = ImageFiles(root, size=32)
+    x = torch.stack([ds[i] for i in range(len(ds))])
+    plain = lcfast.local_complexity(lzoo.build_model("paper-cnn"), x, radius=0.05, n_dirs=3, backend="reference")
+    d = json.loads(out.read_text())
+    assert d["counts"] == plain.counts.tolist() and d["ids"] == list(range(11))
+    assert plain.counts.sum() > 0
+    rc = main(["measure", "--model", "paper-cnn", "--data", str(root), "--size", "32", "--points", "3",
+               "--dirs", "3", "--radius", "0.05", "--backend", "reference", "--no-progress", "--out", str(out)])
+    assert rc == 0 and json.loads(out.read_text())["counts"] == plain.counts[:3].tolist()
