@@ -111,7 +111,7 @@ def _measure(args) -> int:
         print(f"model {args.model}: {init}; points: {described}")
         print(res.summary())
         print(f"backend={res.meta['backend']} device={res.meta['device']} dtype={res.meta['dtype']} "
-              f"processes={world} x {torch.get_num_threads()} threads, measured and loaded in {seconds:.2f}s")
+              f"processes={world} x {torch.get_num_threads()} threads, LC time {seconds:.2f}s (with loading)")
         res.save(args.out)
         png = args.plot or os.path.splitext(args.out)[0] + ".png"
         plot_sites(res, png)
