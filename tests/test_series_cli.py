@@ -63,3 +63,10 @@ def test_checkpoint_series_cli_errors(tmp_path, capsys):
     assert main(["measure", *ARGS, "--model", "paper-cnn", "--checkpoints", pattern,
                  "--out", str(tmp_path / "x.json")]) == 2  # mnist-mlp weights into paper-cnn
     assert "does not fit the model" in capsys.readouterr().err
+
+
+def test_plot_series_refuses_no_rows(tmp_path):
+    import pytest
+    from lcfast.plot import plot_series
+    with pytest.raises(ValueError, match="rows"):
+        plot_series([], tmp_path / "x.png")
