@@ -17,6 +17,7 @@ from .engine.policy import engine_for  # the auto choice and first-chunk fallbac
 from .engine.base import Backend, ChunkResult, model_device, model_guard, _model_dtype
 from .engine.chunking import ChunkPlan, SizeProbe
 from .neighborhood import random_frames, shared_frame
+from .oom import measure_halving
 from .result import LCResult
 from .sites import SiteSpec
 
@@ -104,7 +105,8 @@ def local_complexity(
     meta = dict(backend=plan.engine.name, dtype=str(plan.dtype).replace("torch.", ""), seed=request.seed,
                 device=str(plan.device), seconds=time.perf_counter() - t0, **plan.engine.meta,
                 directions="given" if directions is not None else ("shared" if shared_directions else "per_point"),
-                **({"compiled_model": "measured its _orig_mod"} if request.compiled else {}))
+                **({"compiled_model": "measured its _orig_mod"} if request.compiled else {}),
+                **({"chunk_size_after_oom": plan.chunks.after_oom} if plan.chunks.after_oom else {}))
     return LCResult(counts=counts, sites=names, neurons=torch.tensor(neurons, dtype=torch.long),
                     ids=request.ids, radius=request.radius, n_dirs=request.P, meta=meta)
 
@@ -346,25 +348,33 @@ def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, 
             check_sites(engine.run_chunk(model, zero, torch.zeros(1, P, *S, device=device, dtype=dtype),
                                          request.radius, spec))
             return torch.zeros(0, len(names), dtype=torch.long), names, neurons
-        parts = []
         bar = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=N, desc="lcfast", unit="pt")
+
+        def measure(lo: int, hi: int, probe: SizeProbe | None = None) -> torch.Tensor:
+            counts = check_sites(run(lo, hi, probe))
+            if bar is not None:
+                bar.update(hi - lo)
+            return counts
+
         try:
-            start = 0
+            start, first = 0, plan.chunks.size
+            parts: list[torch.Tensor] = []
             if plan.chunks.needs_probe:
                 start = plan.chunks.probe_points
                 probe = SizeProbe()
-                parts.append(check_sites(run(0, start, probe)))
+                parts, _ = measure_halving(lambda lo, hi, _: measure(lo, hi, probe), start, start)
                 plan.chunks.calibrate(probe, start)
-                if bar is not None:
-                    bar.update(start)
-            for lo, hi in plan.chunks.spans(start):
-                parts.append(check_sites(run(lo, hi)))
-                if bar is not None:
-                    bar.update(hi - lo)
+                first = plan.chunks.size
+            # out of memory: the same points again with half the chunk (lcfast.oom, the one rule)
+            rest, plan.chunks.size = measure_halving(lambda lo, hi, _: measure(start + lo, start + hi),
+                                                     N - start, plan.chunks.size)
+            parts += rest
         finally:
             if bar is not None:
                 bar.close()
+        if plan.chunks.size != first:
+            plan.chunks.after_oom = plan.chunks.size
         return torch.cat(parts, 0), names, neurons

@@ -1,7 +1,7 @@
 """Out-of-memory recovery: halve the chunk and measure the same points again.
 
-:func:`measure_halving` is the one place the rule lives (it is meant to move into the
-chunk loop later).  Recognised as out of memory (:func:`is_out_of_memory`): a CUDA or
+:func:`measure_halving` is the one place the rule lives; the chunk loop of
+:func:`lcfast.local_complexity` (``lcfast.api._run``) runs every chunk through it.  Recognised as out of memory (:func:`is_out_of_memory`): a CUDA or
 other accelerator ``OutOfMemoryError``, Python's ``MemoryError``, and a ``RuntimeError``
 from an allocator ("DefaultCPUAllocator: not enough memory", "... out of memory").
 The kernel's OOM killer cannot be caught: CPU chunks must be sized to stay clear of it.

@@ -3,6 +3,8 @@
 * :func:`plot_sites`: a measurement's mean LC per site (``lcfast measure``'s PNG).
 * :func:`plot_records` / :func:`plot_log`: a training log of
   :class:`lcfast.train.LCTracker` (``lcfast grok``, ``lcfast plot``).
+* :func:`plot_series`: LC over training checkpoints (:func:`lcfast.series.measure_series`
+  rows, ``lcfast measure --checkpoints``).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .result import LCResult
 
-__all__ = ["plot_sites", "plot_records", "plot_log"]
+__all__ = ["plot_sites", "plot_records", "plot_log", "plot_series"]
 
 
 def plot_sites(result: "LCResult", path: str | os.PathLike | None = None, title: str | None = None):
@@ -154,3 +156,55 @@ def plot_log(log: str | os.PathLike, path: str | os.PathLike | None = None, **kw
     if path is None:
         path = Path(log).with_suffix(".png")
     return plot_records(meta, records, path, **kw)
+
+
+def plot_series(rows: list[dict[str, Any]], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Draw LC over checkpoint steps to a PNG at ``path``, like the tracker's figures.
+
+    Top: mean LC (site ``"total"``) of each point set with its 99% confidence band.
+    Bottom: mean LC per site, one line per (point set, site).  Both share a log-scaled
+    step axis (symlog, so step 0 is shown).
+
+    Args:
+        rows: :func:`lcfast.series.measure_series` rows (keys ``step``, ``points``,
+            ``site``, ``mean``, ``ci_low``, ``ci_high``).
+        path: output file (``.png``, or any format matplotlib knows by suffix).
+        title: figure title.
+
+    Returns:
+        the written path.
+    """
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    if not rows:
+        raise ValueError("rows: no measurement to plot")
+    sets = list(dict.fromkeys(r["points"] for r in rows))
+    sites = list(dict.fromkeys(r["site"] for r in rows if r["site"] != "total"))
+    steps = sorted({r["step"] for r in rows})
+    fig = Figure(figsize=(7.5, 6.6))
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for k in sets:
+        tot = sorted((r for r in rows if r["points"] == k and r["site"] == "total"), key=lambda r: r["step"])
+        xs = [r["step"] for r in tot]
+        top.plot(xs, [r["mean"] for r in tot], color=_SET_COLORS.get(k), lw=2, marker="o", ms=3, label=k)
+        top.fill_between(xs, [r["ci_low"] for r in tot], [r["ci_high"] for r in tot], color=_SET_COLORS.get(k),
+                         alpha=0.25, lw=0)
+        for j, site in enumerate(sites):
+            per = sorted((r for r in rows if r["points"] == k and r["site"] == site), key=lambda r: r["step"])
+            bottom.plot([r["step"] for r in per], [r["mean"] for r in per], color=_SET_COLORS.get(k), lw=1.2,
+                        ls=["-", "--", ":", "-."][j % 4], label=f"{k} {site}")
+    top.set_ylabel("local complexity (total)")
+    top.legend(fontsize=8, title="LC at", title_fontsize=8)
+    bottom.set_ylabel("LC per site")
+    bottom.legend(fontsize=6, ncol=3)
+    for a in (top, bottom):
+        a.set_xscale("symlog", linthresh=1)
+        a.set_xlim(0, max(steps) * 1.05 if max(steps) > 0 else 1)
+        a.grid(alpha=0.3)
+    bottom.set_xlabel("checkpoint step")
+    fig.suptitle(title or "", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    return path

@@ -13,8 +13,9 @@ a point never depends on the block, the rank, the loader or the number of ranks)
   (:mod:`lcfast.fingerprint`: settings, backend, model weights, data, frame generator).
   A rerun skips finished blocks; a checkpoint with another fingerprint is refused,
   naming what differs, unless ``overwrite=True``.
-* **Out of memory.** A block that runs out of memory is measured again with half the
-  points per forward (:func:`lcfast.oom.measure_halving`); nothing is lost.
+* **Out of memory.** :func:`lcfast.local_complexity` measures the points of a chunk that
+  ran out of memory again with half the chunk (:func:`lcfast.oom.measure_halving`);
+  nothing is lost, and later blocks start at the halved chunk size.
 * **Ranks.** Under an initialised process group, blocks are dealt in *rounds*: in round
   ``k`` rank ``r`` of ``W`` takes block ``k*W + r``, or no block (empty work) in the
   last round when the blocks run out.  One ``all_gather_object`` first checks that
@@ -41,7 +42,6 @@ from . import jsonl
 from .api import local_complexity
 from .engine.base import model_device
 from .fingerprint import differences, measurement_fingerprint, point_of
-from .oom import measure_halving
 from .result import LCResult
 
 __all__ = ["measure_dataset"]
@@ -205,11 +205,10 @@ def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, che
     size = kwargs.pop("chunk_size", None)
 
     def measure(x, ids):
-        def span(lo, hi, chunk):
-            return local_complexity(model, x[lo:hi], ids=ids[lo:hi], chunk_size=chunk, **kwargs)
-        nonlocal size
-        parts, size = measure_halving(span, len(ids), size)
-        return LCResult.concat(parts).to_dict()
+        nonlocal size  # after an out-of-memory error, later blocks start at the halved size
+        res = local_complexity(model, x, ids=ids, chunk_size=size, **kwargs)
+        size = res.meta.get("chunk_size_after_oom", size)
+        return res.to_dict()
 
     bar = None
     if progress and rank == 0:

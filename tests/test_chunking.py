@@ -6,18 +6,6 @@ from lcfast.engine.chunking import ChunkPlan, SizeProbe, points_per_chunk
 from lcfast.neighborhood import vertices
 
 
-def test_spans_cover_every_point_once_and_follow_size_changes():
-    plan = ChunkPlan(10, 4, 80, torch.device("cpu"), size=4)
-    assert not plan.needs_probe
-    assert list(plan.spans()) == [(0, 4), (4, 8), (8, 10)]
-    assert list(plan.spans(1)) == [(1, 5), (5, 9), (9, 10)]
-    seen = []
-    for lo, hi in plan.spans():
-        seen.append((lo, hi))
-        plan.size = 1  # a caller may lower the size between chunks (e.g. after running out of memory)
-    assert seen == [(0, 4)] + [(i, i + 1) for i in range(4, 10)]
-
-
 def test_calibrate_from_probe(monkeypatch):
     monkeypatch.setenv("LCFAST_CHUNK_BYTES", str(10_000))
     plan = ChunkPlan(100, 4, 40, torch.device("cpu"))
@@ -50,3 +38,20 @@ def test_vertices_out_and_work_buffers_give_the_same_bits(shared, dtype):
     assert torch.equal(plain, expect) and torch.equal(into, expect)
     assert into.data_ptr() == buf.data_ptr()
     assert torch.isnan(buf[240:]).all()  # nothing written past the vertices
+
+
+def test_cpu_budget_follows_the_cgroup_limit_and_local_ranks(tmp_path, monkeypatch):
+    from lcfast.engine import chunking
+    monkeypatch.delenv("LCFAST_CHUNK_BYTES", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    limit, usage = tmp_path / "limit", tmp_path / "usage"
+    limit.write_text(str(3 << 30))
+    usage.write_text(str(1 << 30))  # 2 GiB left in the cgroup, whatever MemAvailable says
+    monkeypatch.setattr(chunking, "_CGROUP_FILES", ((str(limit), str(usage)),))
+    assert chunking.available_ram() <= 2 << 30
+    cpu = torch.device("cpu")
+    assert chunking.memory_budget(cpu) == chunking.available_ram() // 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun ranks on this machine share it
+    assert chunking.memory_budget(cpu) == chunking.available_ram() // 8
+    limit.write_text("max")  # cgroup v2 without a limit: MemAvailable alone
+    assert chunking.available_ram() > 0

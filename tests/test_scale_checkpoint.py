@@ -134,3 +134,22 @@ def test_damaged_checkpoint_refused_then_overwritten(done):
     res = measure_dataset(zoo.mlp(), data(), block_size=5, checkpoint=done, overwrite=True, **KW)
     assert torch.equal(res.counts, lcfast.local_complexity(zoo.mlp(), data(), **KW).counts)
     assert len(open(path).read().splitlines()) == 1 + 5
+
+
+def test_cli_resume_keeps_blocks_and_refuses_other_settings(tmp_path, capsys):
+    """`lcfast measure --resume PREFIX`: the blocks land in PREFIX.rank0.jsonl, a rerun
+    reads them back (same counts, file not grown), other settings are refused."""
+    import json
+    from lcfast.cli import main
+    args = ["measure", "--model", "mnist-mlp", "--data", "random", "--points", "5", "--dirs", "3", "--radius", "0.1",
+            "--backend", "reference", "--block-size", "2", "--no-progress", "--resume", str(tmp_path / "ck")]
+    assert main([*args, "--out", str(tmp_path / "a.json")]) == 0
+    lines = (tmp_path / "ck.rank0.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + 3  # fingerprint + 3 blocks
+    assert main([*args, "--out", str(tmp_path / "b.json")]) == 0
+    assert (tmp_path / "ck.rank0.jsonl").read_text().splitlines() == lines
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert a["counts"] == b["counts"] and sum(map(sum, a["counts"])) > 0
+    capsys.readouterr()
+    assert main([*args, "--radius", "0.2", "--out", str(tmp_path / "c.json")]) == 2
+    assert "another measurement" in capsys.readouterr().err

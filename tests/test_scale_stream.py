@@ -95,8 +95,10 @@ def test_out_of_memory_halves_and_loses_nothing(kind, chunk_size):
 
 def test_out_of_memory_at_one_point_and_other_errors():
     x = torch.randn(4, 20)
-    with pytest.raises(RuntimeError, match="one point per forward"), pytest.warns(RuntimeWarning):
+    with pytest.raises(RuntimeError, match="one point per forward"):  # the probe's one point
         measure_dataset(OOMAbove(zoo.mlp(), 5, ERRORS["cuda"]), x, **KW)
+    with pytest.raises(RuntimeError, match="one point per forward"), pytest.warns(RuntimeWarning):
+        measure_dataset(OOMAbove(zoo.mlp(), 5, ERRORS["cuda"]), x, chunk_size=2, **KW)
     bug = RuntimeError("mat1 and mat2 shapes cannot be multiplied")
     assert not is_out_of_memory(bug) and is_out_of_memory(MemoryError())
     model = OOMAbove(zoo.mlp(), 0, bug)
@@ -120,3 +122,53 @@ def test_measure_halving_spans():
     assert calls[:3] == [(0, 10, None), (0, 5, 5), (0, 2, 2)]
     parts, size = measure_halving(measure, 5, size)  # the smaller size is kept: no new error
     assert sum(parts, []) == list(range(5)) and size == 2 and calls[-1] == (4, 5, 2)
+
+
+@pytest.mark.parametrize("kind", sorted(ERRORS))
+@pytest.mark.parametrize("chunk_size", [None, 8])
+def test_local_complexity_halves_the_chunk_on_out_of_memory(kind, chunk_size):
+    """The halving lives in local_complexity's chunk loop: same counts, every point once,
+    the model as found, and the smaller size reported for the next call."""
+    x = torch.randn(19, 20, generator=torch.Generator().manual_seed(2))
+    plain = lcfast.local_complexity(zoo.mlp(), x, chunk_size=1, **KW)
+    model = OOMAbove(zoo.mlp(), 2 * 6, ERRORS[kind])  # at most 2 points (6 rows each) per forward
+    seen = []
+    model.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]) if a[0].shape[0] <= 12 else None)
+    hooks = dict(model._forward_pre_hooks)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        res = lcfast.local_complexity(model, x, chunk_size=chunk_size, **KW)
+    assert model.raised >= 2  # 8 -> 4 -> 2 (or the probe's size -> ... -> 2)
+    assert torch.equal(res.counts, plain.counts) and res.ids.tolist() == list(range(19))
+    assert sum(seen) == 19 * 6  # every point measured exactly once by a forward that ran
+    assert res.meta["chunk_size_after_oom"] == 2
+    assert model.training and dict(model._forward_pre_hooks) == hooks and not model._forward_hooks
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    # no error: no halving reported
+    assert "chunk_size_after_oom" not in lcfast.local_complexity(zoo.mlp(), x, chunk_size=4, **KW).meta
+
+
+def test_cli_measures_an_image_folder_through_workers(tmp_path, capsys):
+    """`lcfast measure --data DIR --workers 2`: ImageFiles read by DataLoader workers, the
+    counts of the same images stacked and measured in one call."""
+    import json
+    from lcfast import zoo as lzoo
+    from lcfast.cli import main
+    (tmp_path / "imgs").mkdir()
+    root = _pngs(tmp_path / "imgs")
+    (root / "notes.txt").write_text("not an image")
+    out = tmp_path / "r.json"
+    rc = main(["measure", "--model", "paper-cnn", "--data", str(root), "--size", "32", "--workers", "2",
+               "--block-size", "4", "--dirs", "3", "--radius", "0.05", "--backend", "reference", "--no-progress",
+               "--out", str(out)])
+    assert rc == 0
+    assert "11 of 11 files, 2 loader workers" in capsys.readouterr().out
+    ds = ImageFiles(root, size=32)
+    x = torch.stack([ds[i] for i in range(len(ds))])
+    plain = lcfast.local_complexity(lzoo.build_model("paper-cnn"), x, radius=0.05, n_dirs=3, backend="reference")
+    d = json.loads(out.read_text())
+    assert d["counts"] == plain.counts.tolist() and d["ids"] == list(range(11))
+    assert plain.counts.sum() > 0
+    rc = main(["measure", "--model", "paper-cnn", "--data", str(root), "--size", "32", "--points", "3",
+               "--dirs", "3", "--radius", "0.05", "--backend", "reference", "--no-progress", "--out", str(out)])
+    assert rc == 0 and json.loads(out.read_text())["counts"] == plain.counts[:3].tolist()

@@ -6,36 +6,44 @@ points per chunk for the rest.  A given ``chunk_size`` skips the probe.  Chunkin
 never changes a result (frames depend only on ``(seed, id)``).
 
 Later work extends the plan here, not in the loop: rows per point other than ``2P``
-(``rows_per_point``), a lower budget or halving after an out-of-memory error (set
-:attr:`ChunkPlan.size`; :meth:`ChunkPlan.spans` reads it before every chunk).
+(``rows_per_point``), a lower budget.  After an out-of-memory error the chunk loop
+(``lcfast.api._run``, through :func:`lcfast.oom.measure_halving`) halves the chunk and
+stores the smaller size in :attr:`ChunkPlan.size` (and :attr:`ChunkPlan.after_oom`).
 """
 from __future__ import annotations
 
 import os
-from typing import Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["ChunkPlan", "SizeProbe", "memory_budget", "points_per_chunk", "MAX_ROWS"]
+__all__ = ["ChunkPlan", "SizeProbe", "available_ram", "memory_budget", "points_per_chunk", "MAX_ROWS"]
 
 #: Largest batch (rows) of one forward, per device type.  CPU: 2 cores saturate well
 #: below this.  CUDA: not measured (set without a GPU).
 MAX_ROWS = {"cpu": 16384, "cuda": 1 << 16}
 
 
-def memory_budget(device: torch.device) -> int:
-    """Bytes one chunk may use: 40% of free GPU memory, or on CPU 25% of available
-    RAM capped at 2 GiB (larger CPU batches were not faster in our measurements and
-    the 10,000-point MNIST run must stay under 4 GiB).  ``LCFAST_CHUNK_BYTES``
-    overrides."""
-    env = os.environ.get("LCFAST_CHUNK_BYTES")
-    if env:
-        return int(env)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.4)
+# (limit, usage) files of the process's memory cgroup, v2 then v1: in a container
+# MemAvailable shows the host's memory, and the OOM killer acts at the cgroup's limit
+_CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                 ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max": no limit
+
+
+def available_ram() -> int | None:
+    """Bytes of RAM this process may still take before the OOM killer: ``MemAvailable``,
+    lowered to the memory cgroup's ``limit - usage`` when there is a limit (``None``:
+    not known)."""
     avail = None
     try:
         with open("/proc/meminfo") as f:
@@ -45,8 +53,31 @@ def memory_budget(device: torch.device) -> int:
                     break
     except OSError:
         pass
+    for limit_file, usage_file in _CGROUP_FILES:
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 1 << 60:  # v1 "no limit" is ~2^63
+            room = max(0, limit - usage)
+            avail = room if avail is None else min(avail, room)
+            break
+    return avail
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes one chunk may use: 40% of free GPU memory, or on CPU 25% of available RAM
+    (:func:`available_ram`: the cgroup limit counts) shared by the processes of this
+    machine (torchrun's ``LOCAL_WORLD_SIZE``), capped at 2 GiB (larger CPU batches were
+    not faster in our measurements and the 10,000-point MNIST run must stay under
+    4 GiB).  ``LCFAST_CHUNK_BYTES`` overrides."""
+    env = os.environ.get("LCFAST_CHUNK_BYTES")
+    if env:
+        return int(env)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.4)
+    avail = available_ram()
     cap = 2 << 30
-    return min(cap, avail // 4) if avail else cap
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return min(cap, avail // 4 // local) if avail else cap
 
 
 class SizeProbe(TorchFunctionMode):
@@ -96,8 +127,8 @@ class ChunkPlan:
 
     Example:
         >>> plan = ChunkPlan(10, 4, 80, torch.device("cpu"), size=4)
-        >>> list(plan.spans())
-        [(0, 4), (4, 8), (8, 10)]
+        >>> plan.needs_probe, plan.size
+        (False, 4)
     """
 
     #: points measured under the probe when no size is given
@@ -109,6 +140,8 @@ class ChunkPlan:
         self.input_bytes_per_point, self.device = input_bytes_per_point, device
         #: points per chunk; ``None`` until :meth:`calibrate` when not given
         self.size = size
+        #: points per chunk after an out-of-memory error halved it (``None``: never)
+        self.after_oom: int | None = None
 
     @property
     def needs_probe(self) -> bool:
@@ -120,12 +153,3 @@ class ChunkPlan:
         self.size = points_per_chunk(probe.max_bytes / rows, self.input_bytes_per_point, self.rows_per_point,
                                      self.device)
         return self.size
-
-    def spans(self, start: int = 0) -> Iterator[tuple[int, int]]:
-        """``(lo, hi)`` point ranges from ``start`` to ``n_points``; :attr:`size` is read
-        before each chunk, so a caller may lower it between chunks."""
-        lo = start
-        while lo < self.n_points:
-            hi = min(self.n_points, lo + self.size)
-            yield lo, hi
-            lo = hi

@@ -32,7 +32,6 @@ The first line of a new file is ``{"meta": {...}}`` (settings, for plots).
 """
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
@@ -44,6 +43,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from .. import jsonl
 from ..api import local_complexity
 from ..neighborhood import random_frames
 from .pgd import accuracy, adversarial_accuracy
@@ -65,7 +65,7 @@ def read_log(path: str | os.PathLike, repair: bool = False) -> tuple[dict[str, A
 
     Args:
         path: the file.
-        repair: truncate a torn (unparsable, unterminated) last line in place.
+        repair: fix a torn last line in place (:func:`lcfast.jsonl.repair`).
 
     Returns:
         ``(meta, records)``: the meta dict (``{}`` if none) and the step records in
@@ -74,40 +74,13 @@ def read_log(path: str | os.PathLike, repair: bool = False) -> tuple[dict[str, A
     Raises:
         ValueError: a malformed line that is not the torn last line.
     """
-    path = Path(path)
     meta: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
-    with open(path, "rb") as f:
-        data = f.read()
-    good_end = 0
-    pos = 0
-    lines = data.split(b"\n")
-    for i, raw in enumerate(lines):
-        last = i == len(lines) - 1
-        end = pos + len(raw) + (0 if last else 1)
-        if raw.strip():
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                if last:
-                    if repair:
-                        with open(path, "r+b") as f:
-                            f.truncate(good_end)
-                            f.flush()
-                            os.fsync(f.fileno())
-                    break
-                raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
-            if last and repair:  # complete object torn just before its newline: keep it
-                with open(path, "ab") as f:
-                    f.write(b"\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-            if "meta" in obj and "step" not in obj:
-                meta = obj["meta"]
-            else:
-                records.append(obj)
-        good_end = end
-        pos = end
+    for obj in jsonl.read(path, repair=repair):
+        if "meta" in obj and "step" not in obj:
+            meta = obj["meta"]
+        else:
+            records.append(obj)
     return meta, records
 
 
@@ -242,9 +215,7 @@ class LCTracker:
                 elif not recs:
                     self._append({"meta": self.meta})
             else:
-                with open(self.log_path, "w"):
-                    pass
-                self._append({"meta": self.meta})
+                jsonl.start(self.log_path, {"meta": self.meta})
         self._t0 = time.perf_counter() - (self.records[-1].get("elapsed", 0.0) if self.records else 0.0)
 
         self._tb = None
@@ -346,11 +317,7 @@ class LCTracker:
     def _append(self, obj: dict[str, Any]) -> None:
         if self.log_path is None:
             return
-        line = json.dumps(obj, allow_nan=True) + "\n"
-        with open(self.log_path, "a") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        jsonl.append(self.log_path, obj)
 
     def _write_tb(self, rec: dict[str, Any]) -> None:
         if self._tb is None:
