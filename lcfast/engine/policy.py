@@ -26,6 +26,7 @@ import warnings
 import torch
 
 from . import BACKENDS, get_backend, why_unavailable
+from ..oom import is_out_of_memory
 from .base import Backend, ChunkResult
 
 __all__ = ["VERIFIED_TRITON", "FALLBACK", "device_class", "auto_order", "FallbackEngine", "engine_for"]
@@ -109,9 +110,9 @@ class FallbackEngine:
         while True:
             try:
                 res = self._engine.run_chunk(*args, **kwargs)
-            except torch.OutOfMemoryError:
-                raise
             except Exception as e:
+                if is_out_of_memory(e):  # not a compile/launch failure: the chunk loop halves the chunk
+                    raise
                 nxt = self._next()
                 if nxt is None:
                     raise
