@@ -15,6 +15,8 @@ import time
 
 import torch
 
+from ._resolve import load_object
+
 __all__ = ["main", "build_model", "build_data"]
 
 # Subcommands contributed by other modules: (module, function adding parsers).
@@ -31,10 +33,7 @@ def build_model(spec: str, weights: str | None = None) -> torch.nn.Module:
     * ``package.module:attr``: an ``nn.Module`` instance or a callable returning one.
     """
     if ":" in spec:
-        mod, attr = spec.split(":", 1)
-        obj = importlib.import_module(mod)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
+        obj = load_object(spec, "--model")  # issue 11 item 10: also the current folder
         model = obj if isinstance(obj, torch.nn.Module) else obj()
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"--model {spec!r} did not give an nn.Module")
