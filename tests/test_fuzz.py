@@ -44,6 +44,7 @@ import fuzz_models as fm  # noqa: E402
 EXAMPLES = int(os.environ.get("LCFAST_FUZZ_EXAMPLES", "60"))
 SECONDS = float(os.environ.get("LCFAST_FUZZ_SECONDS", "45"))
 LONG_RUN = "LCFAST_FUZZ_EXAMPLES" in os.environ
+LOG = os.environ.get("LCFAST_FUZZ_LOG")  # a file: one line per example (long runs)
 
 #: Margin of the comparison, relative to the site's largest |value| for the point.
 #: float32: ~1000 ulps, room for accumulation through a few layers of these small
@@ -222,7 +223,13 @@ def _fuzz(case: Case):
         event(f)
     COVERAGE.update(feats)
     COVERAGE.update(f"backend:{b}" for b in backends)
-    check_case(case, backends, STATS)
+    t0 = time.monotonic()
+    try:
+        check_case(case, backends, STATS)
+    finally:
+        if LOG:  # long runs: one line per example, written as it ends
+            with open(LOG, "a") as f:
+                f.write(f"{STATS['models']}\t{time.monotonic() - t0:.2f}s\t{backends}\t{case}\n")
     if STATS["neurons (point x neuron)"]:
         target(STATS["crossed neurons (float64)"] / max(1, STATS["neurons (point x neuron)"]),
                label="crossed fraction")
