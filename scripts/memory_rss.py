@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         peaks.append(peak)
         print(f"call {i + 1}: peak RSS {peak / GiB:.3f} GiB{'' if can_reset else ' (process peak)'}, "
               f"after {rss / GiB:.3f} GiB (brk heap {heap / GiB:.3f}), {dt:.1f} s, mean LC {res.total.double().mean():.2f}, "
-              f"load {os.getloadavg()[0]:.1f}")
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
     print(f"max peak {max(peaks) / GiB:.3f} GiB; last - first peak {(peaks[-1] - peaks[0]) / 2**20:+.0f} MiB")
     return 0
 

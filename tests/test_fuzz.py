@@ -207,11 +207,9 @@ def _backends(example: int) -> list[str]:
     return out
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=not LONG_RUN, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(case=cases(safe=os.environ.get("LCFAST_FUZZ_UNSAFE") != "1"))
-def _fuzz(case: Case):
-    if time.monotonic() - _fuzz.started > SECONDS:
+def _one(case: Case) -> None:
+    """One fuzz example (the body of the hypothesis test)."""
+    if time.monotonic() - STARTED[0] > SECONDS:
         STATS["examples skipped (time budget)"] += 1
         return
     STATS["models"] += 1
@@ -223,16 +221,28 @@ def _fuzz(case: Case):
         event(f)
     COVERAGE.update(feats)
     COVERAGE.update(f"backend:{b}" for b in backends)
-    t0 = time.monotonic()
+    t0, outcome = time.monotonic(), "FAIL"
     try:
         check_case(case, backends, STATS)
+        outcome = "ok"
     finally:
         if LOG:  # long runs: one line per example, written as it ends
             with open(LOG, "a") as f:
-                f.write(f"{STATS['models']}\t{time.monotonic() - t0:.2f}s\t{backends}\t{case}\n")
+                f.write(f"{STATS['models']}\t{outcome}\t{time.monotonic() - t0:.2f}s\t{backends}\t{case}\n")
     if STATS["neurons (point x neuron)"]:
         target(STATS["crossed neurons (float64)"] / max(1, STATS["neurons (point x neuron)"]),
                label="crossed fraction")
+
+
+STARTED = [0.0]
+
+
+def _hypothesis_run(n: int):
+    """A hypothesis test of ``n`` examples (CI: one derandomized run; long runs: fresh
+    random batches until the examples or the time are used up)."""
+    return settings(max_examples=n, deadline=None, derandomize=not LONG_RUN, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])(
+        given(case=cases(safe=os.environ.get("LCFAST_FUZZ_UNSAFE") != "1"))(_one))
 
 
 def test_fuzz_against_float64_brute_force(capsys):
@@ -243,11 +253,16 @@ def test_fuzz_against_float64_brute_force(capsys):
     # example took ~3x longer (measured: 12 examples 0.95 s vs 2.98 s, load 14)
     torch.set_num_threads(1)
     try:
-        _fuzz.started = time.monotonic()
-        _fuzz()
+        STARTED[0] = time.monotonic()
+        batch = 100 if LONG_RUN else EXAMPLES  # a long run stops within one batch of its time budget
+        done = 0
+        while done < EXAMPLES and time.monotonic() - STARTED[0] <= SECONDS:
+            n = min(batch, EXAMPLES - done)
+            _hypothesis_run(n)()
+            done += n
     finally:
         torch.set_num_threads(threads)
-    lines = [f"fuzz: {STATS['models']} models, {STATS['points']} points in {time.monotonic() - _fuzz.started:.0f} s "
+    lines = [f"fuzz: {STATS['models']} models, {STATS['points']} points in {time.monotonic() - STARTED[0]:.0f} s "
              f"(budget {SECONDS:.0f} s, load {os.getloadavg()[0]:.1f})"]
     lines += [f"  {k:<40} {v}" for k, v in sorted(STATS.items())]
     lines.append("coverage (models using each grammar feature):")

@@ -249,13 +249,16 @@ class _Buffers:
 
 
 # --- issue 11 item 9: bounded resident memory across chunks and calls --------------
-# glibc raises its mmap threshold (up to 32 MB) when a large block is freed, so the
-# chunk's 13-26 MB layer outputs then come from the brk heap, where small long-lived
-# blocks pin the freed space: measured (784-200x4-10 MLP, 327-point chunks, 2 threads)
-# the heap held +80 MB per chunk, RSS 0.5 -> 2.15 GiB over 4 calls of 5,000 points.
-# Returning the freed pages after each chunk keeps RSS at one chunk's working set
-# (peak 0.91 GiB for 1,500 points, as with MALLOC_TRIM_THRESHOLD_=0) at ~3,000 more page
-# faults per chunk (~12 MB re-touched; 17,700 faults per chunk without it).
+# Two causes, measured with scripts/memory_rss.py and tests/test_memory.py (2 cores):
+# (1) a reference cycle (handler.record -> interceptor -> _Vertices) kept each chunk's
+#     frames (327 points x 25 x 784 float32: 26 MB) and vertex buffer (51 MB) alive until
+#     Python's cyclic GC ran: in-use C memory +100 MB per 654-point call, flat at 139 MB
+#     once broken (run_chunk's ``finally``);
+# (2) glibc raises its mmap threshold (up to 32 MB) when a large block is freed, so the
+#     1-26 MB layer outputs then come from the brk heap and freed space stays resident:
+#     heap 243/288/227/182 MiB over 4 calls (test_memory's model) with (1) fixed, 136/135/
+#     135/134 with malloc_trim after each chunk (532/471/639/929 with neither), for ~3,000
+#     more page faults per 327-point MNIST-MLP chunk (17,700 without).
 def _malloc_trim():
     try:
         return ctypes.CDLL(None).malloc_trim  # glibc; other C libraries have no such call
@@ -320,4 +323,8 @@ class NativeBackend(Backend):
                 model(verts.v)
             return ChunkResult.of(icpt, n)
         finally:
-            release_freed_host_memory()  # issue 11 item 9
+            # issue 11 item 9: handler.record is the interceptor's bound method, a cycle
+            # (handler <-> interceptor -> verts) that kept this chunk's frames and vertex
+            # buffers alive until Python's cyclic GC ran; break it so they go now.
+            icpt.handler.__dict__.pop("record", None)
+            release_freed_host_memory()
