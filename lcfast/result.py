@@ -6,12 +6,77 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["LCResult", "Summary"]
+__all__ = ["LCResult", "Summary", "bootstrap_mean_ci", "CI_LEVEL", "CI_METHOD"]
 
-# two-sided 99% normal quantile
-_Z99 = 2.5758293035489004
+#: Confidence level of :meth:`LCResult.summary` intervals and how they are computed.
+CI_LEVEL = 0.99
+CI_METHOD = "bootstrap"
+#: Bootstrap resamples (percentile interval) and the fixed seed that makes a summary
+#: reproducible.  2000 resamples put 10 in each 0.5% tail.
+_RESAMPLES = 2000
+_SEED = 0
+#: A column is resampled through its histogram (a multinomial draw over its distinct
+#: values: cost ``resamples x K``, not ``resamples x N``); with more than this many
+#: distinct values they are pooled into this many equal-width bins, each represented
+#: by the mean of its values (exact for counts spanning <= 256 values).  Measured
+#: (2 loaded cores, load ~1): 512 bins x 2000 resamples 0.16 s per column; indexing
+#: resamples instead took ~4 s for 40,000 points.
+_MAX_BINS = 256
+
+
+def _histogram(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values (or bin means) of ``v`` ``(N,)`` float64 and their counts."""
+    vals, cnt = np.unique(v, return_counts=True)
+    if vals.size > _MAX_BINS:
+        lo, hi = vals[0], vals[-1]
+        b = np.minimum(((v - lo) * (_MAX_BINS / (hi - lo))).astype(np.int64), _MAX_BINS - 1)
+        cnt = np.bincount(b, minlength=_MAX_BINS)
+        sums = np.bincount(b, weights=v, minlength=_MAX_BINS)
+        keep = cnt > 0
+        vals, cnt = sums[keep] / cnt[keep], cnt[keep]
+    return vals, cnt
+
+
+def bootstrap_mean_ci(values: torch.Tensor, level: float = CI_LEVEL, resamples: int = _RESAMPLES,
+                      seed: int = _SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """Percentile-bootstrap confidence interval of the mean of each column.
+
+    Every resample mean is a mean of the data, so the interval lies within
+    ``[min, max]`` of each column: never below zero for counts (the normal interval
+    ``mean +- z s / sqrt(N)`` does go negative on skewed counts).  A fixed generator
+    makes it reproducible.
+
+    Args:
+        values: ``(N, C)`` numbers, ``N >= 1``.
+        level: coverage, e.g. 0.99.
+        resamples: bootstrap resamples.
+        seed: generator seed.
+
+    Returns:
+        ``(low, high)``, each float64 ``(C,)``.
+
+    Example:
+        >>> lo, hi = bootstrap_mean_ci(torch.tensor([[0.], [0.], [1.], [4.]]))
+        >>> bool(lo[0] >= 0) and bool(hi[0] <= 4)
+        True
+    """
+    v = values.detach().to(torch.float64).cpu().numpy()
+    n = v.shape[0]
+    if n < 1:
+        raise ValueError("values must hold at least one row")
+    rng = np.random.default_rng(seed)
+    means = []
+    for col in v.T:
+        vals, cnt = _histogram(col)
+        draws = rng.multinomial(n, cnt / n, size=resamples)  # (resamples, K) resampled histograms
+        means.append(torch.from_numpy(draws.astype(np.float64) @ vals) / n)
+    means = torch.stack(means, 1)
+    a = (1 - level) / 2
+    q = torch.quantile(means, torch.tensor([a, 1 - a], dtype=torch.float64), dim=0)
+    return q[0], q[1]
 
 
 @dataclasses.dataclass
@@ -19,8 +84,9 @@ class Summary:
     """Per-site statistics of an :class:`LCResult` (printable as a table).
 
     ``rows`` holds one dict per site plus a final ``"total"`` row, with keys
-    ``site``, ``neurons``, ``mean``, ``ci_low``, ``ci_high`` (99% normal interval of
-    the mean) and ``density`` (mean crossed neurons / neurons).
+    ``site``, ``neurons``, ``mean``, ``ci_low``, ``ci_high`` (99% percentile-bootstrap
+    interval of the mean, :func:`bootstrap_mean_ci`: within the data's range, so never
+    negative) and ``density`` (mean crossed neurons / neurons).
     """
 
     rows: list[dict[str, Any]]
@@ -30,7 +96,7 @@ class Summary:
 
     def __str__(self) -> str:
         w = max([len("site")] + [len(r["site"]) for r in self.rows])
-        head = f"{'site':<{w}}  {'neurons':>9}  {'mean LC':>10}  {'99% CI':>23}  {'density':>9}"
+        head = f"{'site':<{w}}  {'neurons':>9}  {'mean LC':>10}  {f'{CI_LEVEL:.0%} CI ({CI_METHOD})':>23}  {'density':>9}"
         lines = [f"LC over {self.n_points} points (r={self.radius:g}, P={self.n_dirs})", head, "-" * len(head)]
         for r in self.rows:
             if r["site"] == "total":
@@ -72,17 +138,19 @@ class LCResult:
         return self.counts.shape[0]
 
     def summary(self) -> Summary:
-        """Per-site mean, 99% confidence interval of the mean and density."""
+        """Per-site mean, 99% bootstrap confidence interval of the mean and density."""
         n = self.counts.shape[0]
-        cols = [(name, self.counts[:, i], int(self.neurons[i])) for i, name in enumerate(self.sites)]
-        cols.append(("total", self.total, int(self.neurons.sum()) if len(self.sites) else 0))
+        names = [*self.sites, "total"]
+        neurons = [*(int(v) for v in self.neurons), int(self.neurons.sum()) if len(self.sites) else 0]
+        cols = torch.cat([self.counts, self.total[:, None]], 1).double()
+        if n:
+            means = (cols.sum(0) / n).tolist()
+            lows, highs = (t.tolist() for t in bootstrap_mean_ci(cols))
+        else:
+            means = lows = highs = [math.nan] * len(names)
         rows = []
-        for name, c, neu in cols:
-            c = c.double()
-            mean = c.mean().item() if n else math.nan
-            std = c.std().item() if n > 1 else 0.0
-            half = _Z99 * std / math.sqrt(n) if n else math.nan
-            rows.append(dict(site=name, neurons=neu, mean=mean, ci_low=mean - half, ci_high=mean + half,
+        for name, neu, mean, lo, hi in zip(names, neurons, means, lows, highs):
+            rows.append(dict(site=name, neurons=neu, mean=mean, ci_low=lo, ci_high=hi,
                              density=mean / neu if neu else math.nan))
         return Summary(rows, n, self.radius, self.n_dirs)
 

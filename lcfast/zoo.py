@@ -20,7 +20,6 @@ Points (:func:`build_points`): ``mnist``, ``images`` (scikit-image photographs),
 """
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import warnings
@@ -33,7 +32,9 @@ __all__ = ["PAPER_MODELS", "build_model", "input_shape", "build_points", "DATA_K
 
 
 def _mnist_mlp() -> nn.Module:
-    from .train.models import mlp
+    from ._resolve import load_object
+from ._resolve import load_object
+from .train.models import mlp
     return nn.Sequential(nn.Flatten(), mlp(in_dim=784, width=200, depth=4, out_dim=10, act="relu"))
 
 
@@ -53,10 +54,7 @@ DATA_KINDS = ("mnist", "images", "random")
 
 
 def _from_module_attr(spec: str) -> nn.Module:
-    mod, attr = spec.split(":", 1)
-    obj = importlib.import_module(mod)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
+    obj = load_object(spec, "--model")  # also the current folder, for the console script too
     model = obj if isinstance(obj, nn.Module) else obj()
     if not isinstance(model, nn.Module):
         raise ValueError(f"model {spec!r} did not give an nn.Module")
