@@ -28,13 +28,13 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ._resolve import load_object
+
 __all__ = ["PAPER_MODELS", "build_model", "input_shape", "build_points", "DATA_KINDS"]
 
 
 def _mnist_mlp() -> nn.Module:
-    from ._resolve import load_object
-from ._resolve import load_object
-from .train.models import mlp
+    from .train.models import mlp
     return nn.Sequential(nn.Flatten(), mlp(in_dim=784, width=200, depth=4, out_dim=10, act="relu"))
 
 
