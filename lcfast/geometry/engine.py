@@ -37,10 +37,9 @@ class Slices:
     verts: torch.Tensor
     nv: torch.Tensor
 
-    def points(self, st: torch.Tensor, pid: torch.Tensor) -> torch.Tensor:
-        o, u, v = self.origin[pid], self.u[pid], self.v[pid]
-        shape = (-1,) + (1,) * (o.dim() - 1)
-        return o + st[:, 0].reshape(shape) * u + st[:, 1].reshape(shape) * v
+    @property
+    def basis(self):
+        return self.origin, self.u, self.v
 
 
 @dataclasses.dataclass
@@ -74,32 +73,26 @@ def _best(coef: torch.Tensor, st: torch.Tensor, valid: torch.Tensor | None) -> t
     return z.argmax(-1)
 
 
-def _violations(coef, verts, nv, st, valid, size):
+def _violations(coef, verts, nv, st, valid, size, relu=False):
     """For units ``coef (n, M, Kc, 3)`` on polygons ``(n, K, 2)``: whether the unit's
-    active candidate changes inside the polygon ``(n, M)``, and for two-candidate units
-    (ReLU) whether its zero set meets the closed polygon and whether it is not
-    identically zero there."""
-    n, M, Kc, _ = coef.shape
+    active candidate changes inside the polygon ``(n, M)``; for ReLU units (``relu``:
+    candidates ``(z, 0)``) also whether the zero set of ``z`` meets the closed polygon
+    and whether ``z`` is not identically zero there."""
+    filled = torch.where(pg._mask(verts, nv)[..., None], verts, verts[:, :1])  # padding: a real vertex
+    if relu:
+        c = coef[..., 0, :]                                              # (n, M, 3)
+        ones = torch.ones_like(filled[..., :1])
+        z = torch.bmm(torch.cat([ones, filled], 2), c.transpose(1, 2))   # (n, K, M)
+        zmn, zmx = z.amin(1), z.amax(1)
+        tol = pg.tolerance(c, size)
+        return (zmn < -tol) & (zmx > tol), (zmn <= tol) & (zmx >= -tol), (zmn < -tol) | (zmx > tol)
     k = _best(coef, st[:, None, :], valid)                              # (n, M)
     top = torch.gather(coef, 2, k[..., None, None].expand(-1, -1, 1, 3))  # (n, M, 1, 3)
     diff = top - coef                                                   # (n, M, Kc, 3)
-    f = pg.evaluate(diff, verts)                                        # (n, K, M, Kc)
-    tol = pg.tolerance(diff, size)                                      # (n, M, Kc)
-    inside = (torch.arange(verts.shape[1]) < nv[:, None])[:, :, None, None]
-    mn = torch.where(inside, f, torch.full_like(f, torch.inf)).amin(1)  # (n, M, Kc)
+    mn = pg.evaluate(diff, filled).amin(1)                              # (n, M, Kc)
     if valid is not None:
         mn = torch.where(valid, mn, torch.zeros_like(mn))
-    split = (mn < -tol).any(-1)
-    touch = nonzero = None
-    if Kc == 2:
-        z = pg.evaluate(coef[..., 0, :], verts)                          # (n, K, M)
-        inside = inside[..., 0]
-        zmn = torch.where(inside, z, torch.full_like(z, torch.inf)).amin(1)
-        zmx = torch.where(inside, z, torch.full_like(z, -torch.inf)).amax(1)
-        zt = tol[..., 1]  # tolerance of z - 0
-        touch = (zmn <= zt) & (zmx >= -zt)
-        nonzero = (zmn < -zt) | (zmx > zt)
-    return split, touch, nonzero
+    return (mn < -pg.tolerance(diff, size)).any(-1), None, None
 
 
 def _chunks(total: int, per: int):
@@ -122,12 +115,12 @@ def _gather(model, sl: Slices, verts, nv, pid, target, size, n_planes, crossed_a
         if per is None:
             j = min(R, i + 1)  # probe one region for the switch's size
         idx = slice(i, j)
-        x = sl.points(st[idx], pid[idx])
-        pl, _, _ = run_to(model, x, sl.u[pid[idx]], sl.v[pid[idx]], target)
+        pl, _, _ = run_to(model, sl.basis, st[idx], pid[idx], target)
         coef = _coef(pl, st[idx])
         valid = pl.valid
         M, Kc = coef.shape[1], coef.shape[2]
-        split, touch, nonzero = _violations(coef, verts[idx], nv[idx], st[idx], valid, size)
+        split, touch, nonzero = _violations(coef, verts[idx], nv[idx], st[idx], valid, size,
+                                            relu=pl.switch.kind != "maxpool")
         if pl.switch.lc_site:
             t = touch.to(torch.int32)
             acc = crossed_acc.setdefault(pl.switch.name, [torch.zeros(n_planes, M, dtype=torch.int32),
@@ -163,7 +156,7 @@ def _cut(sw, verts, nv, pid, regs, units, coefs, valid, size, knots):
         pair = off[group] + k
         coef = coefs[pair]                                                # (A, Kc, 3)
         val = valid[units[pair]] if valid is not None else None
-        need, cv, cn, parent, seg, sp = cells(verts, nv, coef, val, size)
+        need, cv, cn, parent, seg, sp = cells(verts, nv, coef, val, size, relu=sw.kind != "maxpool")
         if seg.shape[0]:
             segs.append(seg), segu.append(units[pair][need][sp]), segp.append(pid[need][sp])
         keep = ~need
@@ -186,12 +179,13 @@ def _cut(sw, verts, nv, pid, regs, units, coefs, valid, size, knots):
     return verts[:, :kk], nv, pid
 
 
-def cells(verts, nv, coef, valid, size):
+def cells(verts, nv, coef, valid, size, relu=False):
     """Cut the polygons whose active candidate changes inside them into argmax cells.
 
     Args:
         verts: ``(A, K, 2)``, ``nv (A,)``; coef: ``(A, Kc, 3)`` one unit per polygon;
-        valid: ``(A, Kc)`` or None; size: the extent's ``(w, h)``.
+        valid: ``(A, Kc)`` or None; size: the extent's ``(w, h)``; relu: candidates
+        are ``(z, 0)``.
 
     Returns:
         ``need (A,)`` (polygons cut), the cells ``verts (Q, K', 2), nv (Q,), parent (Q,)``
@@ -199,7 +193,8 @@ def cells(verts, nv, coef, valid, size):
         their parent ``(E,)`` (each boundary once).
     """
     st = pg.centroid(verts, nv)
-    need = _violations(coef[:, None], verts, nv, st, valid[:, None] if valid is not None else None, size)[0][:, 0]
+    need = _violations(coef[:, None], verts, nv, st, valid[:, None] if valid is not None else None, size,
+                       relu=relu)[0][:, 0]
     cn_ = coef[need]
     val = valid[need] if valid is not None else None
     cv, cn, parent, cand = pg.argmax_cells(verts[need], nv[need], cn_, pg.tolerance(cn_, size).amax(-1), val)
@@ -229,7 +224,7 @@ def _pad(v: torch.Tensor, k: int) -> torch.Tensor:
 def switches_of(model, sl: Slices) -> tuple[list[Switch], torch.Tensor]:
     """The switches of ``model`` (a float64 copy) and its output at one point."""
     st = pg.centroid(sl.verts[:1], sl.nv[:1])
-    _, sws, out = run_to(model, sl.points(st, torch.zeros(1, dtype=torch.long)), sl.u[:1], sl.v[:1], None)
+    _, sws, out = run_to(model, sl.basis, st, torch.zeros(1, dtype=torch.long), None)
     return sws, out[0]
 
 
@@ -266,6 +261,6 @@ def output_maps(model, sl: Slices, verts, nv, pid) -> torch.Tensor:
     st = pg.centroid(verts, nv)
     outs = []
     for idx in _chunks(verts.shape[0], 4096):
-        _, _, (v, a, b) = run_to(model, sl.points(st[idx], pid[idx]), sl.u[pid[idx]], sl.v[pid[idx]], None)
+        _, _, (v, a, b) = run_to(model, sl.basis, st[idx], pid[idx], None)
         outs.append(_coef(Payload(None, v[..., None], a[..., None], b[..., None]), st[idx])[:, :, 0])
     return torch.cat(outs)

@@ -122,8 +122,7 @@ class Partition:
         out = []
         for idx in engine._chunks(self.n_regions, 2048):
             rec: list = []
-            run_to(self._model, self._sl.points(st[idx], pid[idx]), self._sl.u[pid[idx]], self._sl.v[pid[idx]],
-                   None, record=rec)
+            run_to(self._model, self._sl.basis, st[idx], pid[idx], None, record=rec)
             out.append(torch.cat([r > 0 for r in rec], 1))
         return torch.cat(out)
 

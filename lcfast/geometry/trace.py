@@ -139,6 +139,7 @@ class Tracer(SiteInterceptor):
         self.target = target
         self.switches: list[Switch] = []
         self.record: list | None = None
+        self.plane = None   # (input primal, (origin, u, v), st, pid): see _on_plane
 
     def _stop_here(self, sw: Switch) -> bool:
         self.switches.append(sw)
@@ -208,6 +209,10 @@ class Tracer(SiteInterceptor):
         name = _name(func)
         if name in _MAXPOOL:
             return self._maxpool(func, name, args, kwargs)
+        if name in _FIRST and self.plane is not None:
+            fast = self._on_plane(func, args, kwargs)
+            if fast is not None:
+                return fast
         if name not in _AFFINE:
             raise ValueError(f"geometry: the model calls {name!r} on an input-dependent tensor; it is not known "
                              f"to be affine or piecewise linear, so no exact partition can be computed")
@@ -218,6 +223,38 @@ class Tracer(SiteInterceptor):
         if name in _TRAINING_FLAG and _arg(args, kwargs, *_TRAINING_FLAG[name], False):
             raise ValueError(f"geometry: {name!r} runs in training mode (batch-dependent)")
         return func(*args, **kwargs)
+
+
+_FIRST = frozenset({"linear", "conv1d", "conv2d", "conv3d"})
+
+
+def _plane_op(self, func, args, kwargs):
+    """A linear/conv call on (a contiguous view of) the model's input: the input rows
+    are ``origin + s*u + t*v`` of a few planes, so the op runs on the ``3N`` basis
+    rows only and the ``2n`` dual rows are assembled from them (the same affine map,
+    summed in another order).  Returns None when the call is not on the input."""
+    inp, (o, u, v), st, pid = self.plane
+    p, d = fwAD.unpack_dual(args[0])
+    if p.data_ptr() != inp.data_ptr() or p.numel() != inp.numel() or not p.is_contiguous():
+        return None
+    N = o.shape[0]
+    basis = torch.cat([o, u, v]).reshape(3 * N, *p.shape[1:])
+    args2, kw2 = list(args), dict(kwargs)
+    bias = kw2.pop("bias", None) if "bias" in kw2 else (args2[2] if len(args2) > 2 else None)
+    if len(args2) > 2:
+        args2[2] = None
+    args2[0] = basis
+    y = func(*args2, **kw2)
+    yo, yu, yv = y[:N], y[N:2 * N], y[2 * N:]
+    if bias is not None:
+        yo = yo + bias.reshape(-1, *([1] * (y.dim() - 2)))
+    shape = (-1,) + (1,) * (y.dim() - 1)
+    ys, yt = yu[pid], yv[pid]
+    prim = yo[pid] + st[:, 0].reshape(shape) * ys + st[:, 1].reshape(shape) * yt
+    return fwAD.make_dual(torch.cat([prim, prim]), torch.cat([ys, yt]))
+
+
+Tracer._on_plane = _plane_op
 
 
 def float64_copy(model: nn.Module) -> nn.Module:
@@ -231,10 +268,14 @@ def float64_copy(model: nn.Module) -> nn.Module:
     return m
 
 
-def run_to(model: nn.Module, x: torch.Tensor, ds: torch.Tensor, dt: torch.Tensor, target: int | None,
+def run_to(model: nn.Module, basis, st: torch.Tensor, pid: torch.Tensor, target: int | None,
            record: list | None = None):
-    """Forward ``model`` (a :func:`float64_copy`) at points ``x (n, *S)`` with tangents
-    ``ds, dt (n, *S)``.
+    """Forward ``model`` (a :func:`float64_copy`) at points ``st (n, 2)`` of planes
+    ``pid (n,)``, with the tangents of the planes' two directions.
+
+    Args:
+        basis: ``(origin, u, v)``, each ``(N, *S)`` float64: plane ``p`` is
+            ``origin[p] + s*u[p] + t*v[p]``.
 
     Returns:
         ``(payload, switches, output)``: the :class:`Payload` of switch ``target``
@@ -243,11 +284,16 @@ def run_to(model: nn.Module, x: torch.Tensor, ds: torch.Tensor, dt: torch.Tensor
         With ``record`` (a list), the pre-activations ``(n, M)`` of every lcfast site
         are appended to it.
     """
-    n = x.shape[0]
+    o, u, v = basis
+    n = st.shape[0]
+    shape = (-1,) + (1,) * (o.dim() - 1)
+    ds, dt = u[pid], v[pid]
+    x = o[pid] + st[:, 0].reshape(shape) * ds + st[:, 1].reshape(shape) * dt
     tracer = Tracer(model, n, target)
     tracer.record = record
     with torch.no_grad(), fwAD.dual_level():
         dual = fwAD.make_dual(torch.cat([x, x]), torch.cat([ds, dt]))
+        tracer.plane = (fwAD.unpack_dual(dual).primal, basis, st, pid)
         try:
             with tracer:
                 out = model(dual)
