@@ -18,7 +18,8 @@ import torch
 __all__ = ["main", "build_model", "build_data"]
 
 # Subcommands contributed by other modules: (module, function adding parsers).
-_EXTENSIONS = (("lcfast.bench", "add_parser"), ("lcfast.train.cli", "add_parsers"))
+_EXTENSIONS = (("lcfast.bench", "add_parser"), ("lcfast.train.cli", "add_parsers"),
+               ("lcfast.geometry.cli", "add_parsers"))
 
 
 def build_model(spec: str, weights: str | None = None) -> torch.nn.Module:
