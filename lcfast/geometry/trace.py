@@ -228,6 +228,9 @@ class Tracer(SiteInterceptor):
 _FIRST = frozenset({"linear", "conv1d", "conv2d", "conv3d"})
 
 
+
+
+
 def _plane_op(self, func, args, kwargs):
     """A linear/conv call on (a contiguous view of) the model's input: the input rows
     are ``origin + s*u + t*v`` of a few planes, so the op runs on the ``3N`` basis
@@ -272,6 +275,10 @@ def run_to(model: nn.Module, basis, st: torch.Tensor, pid: torch.Tensor, target:
            record: list | None = None):
     """Forward ``model`` (a :func:`float64_copy`) at points ``st (n, 2)`` of planes
     ``pid (n,)``, with the tangents of the planes' two directions.
+
+    The first elementwise op on a dual tensor in a process imports ``torch._dynamo``
+    (torch's forward-AD decompositions): a one-off 18-27 s on the loaded 2-core box
+    (measured, load ~17).
 
     Args:
         basis: ``(origin, u, v)``, each ``(N, *S)`` float64: plane ``p`` is
