@@ -38,7 +38,8 @@ from .zoo import build_model
 __all__ = ["main", "build_parser", "run_parsed", "build_model"]
 
 # Subcommands contributed by other modules: (module, function adding parsers).
-_EXTENSIONS = (("lcfast.bench", "add_parser"), ("lcfast.train.cli", "add_parsers"))
+_EXTENSIONS = (("lcfast.bench", "add_parser"), ("lcfast.train.cli", "add_parsers"),
+               ("lcfast.geometry.cli", "add_parsers"))
 
 
 def _add_measure(sub):

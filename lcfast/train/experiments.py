@@ -36,7 +36,7 @@ from ..datasets import load_mnist, modular_addition, random_points
 from .models import mlp, modadd_transformer
 from .tracker import LCTracker
 
-__all__ = ["GrokConfig", "PRESETS", "preset", "run_grok"]
+__all__ = ["GrokConfig", "PRESETS", "preset", "run_grok", "save_weights", "weights_path"]
 
 
 @dataclasses.dataclass
@@ -78,6 +78,11 @@ class GrokConfig:
     backend: str = "auto"
     device: str = "cpu"
     ckpt_every: int = 5000
+    # keep the model's weights at every logged step in out_dir/weights/step-NNNNNNN.pt, a
+    # plain state_dict that `lcfast measure --weights` (and lcfast.cli.build_model) loads
+    # for the same model name (mnist-mlp: the CLI's Flatten + MLP layout); ~1.1 MB each
+    # for the 784-200x4-10 MLP, ~100 files per run
+    keep_weights: bool = True
     # CPU threads for the training steps (None: leave torch's setting).  The MNIST
     # step (batch 200 through an MLP of width 200) is too small to split: on the shared
     # 2-core box it took 4.6 ms with 1 thread vs 114 ms with 2 (oversubscribed OpenMP;
@@ -295,6 +300,8 @@ def _run(cfg, out, resume, plot, progress, name, t_start):
             torch.set_num_threads(threads)
         rec = tracker.maybe_log(step, loss=last_loss)
         torch.set_num_threads(train_threads)
+        if rec is not None and cfg.keep_weights:
+            save_weights(cfg, model, weights_path(out, step))
         if rec is not None:
             log_s += time.perf_counter() - t0
             if bar is not None:
@@ -331,6 +338,25 @@ def _run(cfg, out, resume, plot, progress, name, t_start):
     with open(out / "summary.json", "w") as f:
         json.dump({k: v for k, v in summary.items() if k != "final"}, f, indent=1)
     return summary
+
+
+def weights_path(out_dir: str | os.PathLike, step: int) -> Path:
+    """Where :func:`run_grok` keeps the weights of ``step`` (``keep_weights``)."""
+    return Path(out_dir) / "weights" / f"step-{int(step):07d}.pt"
+
+
+def save_weights(cfg: GrokConfig, model: nn.Module, path: str | os.PathLike) -> None:
+    """Save ``model``'s weights as a plain state_dict in the layout of the CLI's model of
+    the same name (``lcfast measure --model mnist-mlp --weights PATH`` loads it): the
+    mnist-mlp run trains on flattened images, the CLI's ``mnist-mlp`` is
+    ``Sequential(Flatten(), mlp)``, so keys get the CLI's ``"1."`` prefix.  Tensors are
+    cloned to the CPU."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    if cfg.task == "mnist-mlp":
+        state = nn.Sequential(nn.Flatten(), model).state_dict()
+    _save_ckpt(path, **{k: v.detach().cpu().clone() for k, v in state.items()})
 
 
 def _title(cfg: GrokConfig) -> str:
