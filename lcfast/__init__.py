@@ -29,7 +29,7 @@ __all__ = [
 
 def __getattr__(name):
     # submodules with heavier imports load on first use: lcfast.train, lcfast.testing, ...
-    if name in ("train", "testing", "plot", "datasets", "bench"):
+    if name in ("train", "testing", "plot", "datasets", "bench", "geometry", "zoo", "series"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'lcfast' has no attribute {name!r}")

@@ -12,9 +12,9 @@ __all__ = ["add_parsers"]
 
 
 def _model_and_points(args, n):
-    from ..cli import build_data, build_model  # noqa: PLC0415
-    model = build_model(args.model, args.weights)
-    x = build_data(args.data, n, args.size, args.model, args.seed)
+    from ..zoo import build_model, build_points, input_shape  # noqa: PLC0415
+    model = build_model(args.model, args.weights, seed=args.seed)
+    x = build_points(args.data, n, input_shape(args.model, args.size), seed=args.seed, size=args.size)[0]
     return model, x
 
 

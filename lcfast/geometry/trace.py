@@ -20,13 +20,15 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..sites import SiteHandler, SiteInterceptor, SiteSpec, is_nonlinearity
+from ..acts import by_kind
+from ..engine.intercept import SiteHandler, SiteInterceptor
+from ..sites import SiteSpec, parse_activation
 
 __all__ = ["PIECEWISE_LINEAR", "Switch", "Payload", "Tracer", "float64_copy", "run_to", "site_values"]
 
-#: lcfast activation kinds (``ActCall.kind``) that are piecewise linear with one
-#: switch at 0.  (At merge: take this from the op catalogue's ``piecewise_linear`` flag.)
-PIECEWISE_LINEAR = frozenset({"relu", "leaky_relu"})
+#: Catalogue kinds (:mod:`lcfast.acts`, ``piecewise_linear``) with one switch at 0,
+#: which the partition supports (relu6 / hardtanh switch at two other points: not yet).
+PIECEWISE_LINEAR = frozenset(k for k in ("relu", "leaky_relu") if by_kind[k].piecewise_linear)
 
 _MAXPOOL = frozenset({"max_pool1d", "max_pool2d", "max_pool1d_with_indices", "max_pool2d_with_indices"})
 # Calls that are affine in each input-dependent tensor argument (names with the dunder
@@ -117,14 +119,10 @@ class _Handler(SiteHandler):
     def __init__(self, tracer: "Tracer"):
         self.tracer = tracer
 
-    def count(self, pre, V):
-        self.tracer._activation(pre, None)
-        return torch.zeros(pre.shape[0] // V, dtype=torch.long)
-
-    def count_act(self, pre, V, call):
-        self.tracer._activation(pre, call)
-        self.record(torch.zeros(pre.shape[0] // V, dtype=torch.long))
-        return call.run()
+    def handle(self, site, call):
+        self.tracer._activation(site.batch_major(), call)
+        zeros = torch.zeros(site.value.shape[site.batch_dim] // site.V, dtype=torch.long)
+        return (site.value if call is None else call.run()), zeros
 
 
 class Tracer(SiteInterceptor):
@@ -133,13 +131,14 @@ class Tracer(SiteInterceptor):
     After the run, :attr:`switches` lists the switches seen in call order."""
 
     def __init__(self, model: nn.Module, n: int, target: int | None, strict: bool = True):
-        super().__init__(model, SiteSpec(True, {}), _Handler(self), rows=2 * n, V=1)
+        super().__init__(model, SiteSpec.resolve(model, "activations"), _Handler(self), rows=2 * n, V=1)
         self.n = n
         self.strict = strict
         self.target = target
         self.switches: list[Switch] = []
         self.record: list | None = None
         self.plane = None   # (input primal, (origin, u, v), st, pid): see _on_plane
+        self._pool_calls: dict[str, int] = {}
 
     def _stop_here(self, sw: Switch) -> bool:
         self.switches.append(sw)
@@ -166,13 +165,14 @@ class Tracer(SiteInterceptor):
         if _arg(args, kwargs, 5, "ceil_mode", False):
             raise ValueError(f"geometry: {name} with ceil_mode=True is not supported")
         owner_mod = self._stack[-1] if self._stack else self.model
-        owner = self._modname.get(owner_mod, "")
+        owner = self.module_name(owner_mod)
         if not isinstance(owner_mod, (nn.MaxPool1d, nn.MaxPool2d)):
             owner = f"{owner}.{name}" if owner else name
+        k = self._pool_calls[owner] = self._pool_calls.get(owner, 0) + 1
         one_d = name.startswith("max_pool1d")
         out = func(*args, **kwargs)
         o = out[0] if isinstance(out, tuple) else out
-        sw = Switch(self._next_name(owner), "maxpool", False, o.numel() // o.shape[0])
+        sw = Switch(f"{owner}#{k}", "maxpool", False, o.numel() // o.shape[0])
         if not self._stop_here(sw):
             return out
         k = _arg(args, kwargs, 1, "kernel_size", None)
@@ -199,7 +199,7 @@ class Tracer(SiteInterceptor):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if is_nonlinearity(func):
+        if parse_activation(func, args, kwargs) is not None:
             return super().__torch_function__(func, types, args, kwargs)
         if not self.strict:
             return func(*args, **kwargs)
