@@ -23,3 +23,7 @@ def test_grok_keeps_weights_that_measure_loads(tmp_path, mnist_root):  # noqa: F
     # the first kept step is the initial model, different from the final one
     first = build_model("mnist-mlp", str(experiments.weights_path(tmp_path, steps[0])))
     assert not torch.equal(first(x), model(x))
+    # and the series reader finds them in step order (lcfast measure --checkpoints)
+    from lcfast.series import checkpoint_files
+    found = checkpoint_files(str(tmp_path / "weights" / "step-*.pt"))
+    assert [s for s, _ in found] == list(steps)
