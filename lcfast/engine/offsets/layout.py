@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .tensor import Layout, OffsetTensor, OffsetsError
+from .tensor import Layout, OffsetTensor, OffsetsError, align, lift
 
 __all__ = ["norm_dim", "out_layout", "view_sizes", "align_binary"]
 
@@ -14,12 +14,13 @@ def norm_dim(dim: int, ndim: int) -> int:
     return dim + ndim if dim < 0 else dim
 
 
-def out_layout(x: OffsetTensor, c: torch.Tensor, d: torch.Tensor, R: int, op) -> Layout:
+def out_layout(x: OffsetTensor, c: torch.Tensor, d: torch.Tensor, op, R: int | None = None) -> Layout:
     """Layout of an op's output from its centre (``N`` points) and offset (``N * R``
-    rows) results: the one dimension whose sizes differ by the factor ``R`` holds the
+    rows, default ``ctx.R``) results: the one dimension whose sizes differ by the factor ``R`` holds the
     batch; its merged factors are kept when its size is the input's, else it must be
     exactly ``N``.  Raises :class:`OffsetsError` when that does not decide it (e.g. the
     op reduced over the batch)."""
+    R = R or x.ctx.R
     if c.dim() != d.dim():
         raise OffsetsError(f"{op}: centre and offsets results have different ranks")
     diff = [j for j in range(c.dim()) if c.shape[j] != d.shape[j]]
@@ -36,9 +37,9 @@ def out_layout(x: OffsetTensor, c: torch.Tensor, d: torch.Tensor, R: int, op) ->
     raise OffsetsError(f"{op}: the vertex batch dimension changed size in an unknown way ({tuple(c.shape)})")
 
 
-def view_sizes(x: OffsetTensor, size) -> tuple[list[int], list[int], Layout]:
-    """``view``/``reshape`` of the apparent tensor to ``size``: the centre and offsets
-    sizes and the new layout.  The batch must stay one contiguous factor of a single
+def view_sizes(x: OffsetTensor, size):
+    """``view``/``reshape`` of the apparent tensor to ``size``: ``(sizes, layout)`` with
+    ``sizes(pts, rows)`` the size of a part of ``pts`` points and ``rows`` rows.  The batch must stay one contiguous factor of a single
     output dimension (it may merge with neighbours: ``outer``/``inner``)."""
     app = list(x.shape)
     total = math.prod(app)
@@ -56,10 +57,12 @@ def view_sizes(x: OffsetTensor, size) -> tuple[list[int], list[int], Layout]:
         lo, hi = stride, stride * size[j]
         if lo <= bs and bs % lo == 0 and hi >= bs * B and hi % (bs * B) == 0:
             inner, outer = bs // lo, hi // (bs * B)
-            c_size, d_size = list(size), list(size)
-            c_size[j] = outer * ctx.n * inner
-            d_size[j] = outer * ctx.n * x.R * inner
-            return c_size, d_size, Layout(j, outer, inner)
+
+            def sizes(pts, rows, j=j, inner=inner, outer=outer):
+                out = list(size)
+                out[j] = outer * pts * rows * inner
+                return out
+            return sizes, Layout(j, outer, inner)
         stride = hi
     raise OffsetsError(f"view to {size} splits the vertex batch of shape {tuple(app)} ({lay}) across dimensions")
 
@@ -67,8 +70,7 @@ def view_sizes(x: OffsetTensor, size) -> tuple[list[int], list[int], Layout]:
 def align_binary(a, b, op):
     """Broadcasting of two operands of which at least one is an :class:`OffsetTensor`:
     returns ``(a, b, layout)`` with plain operands that carry the batch lifted, and
-    both offset operands in the same row form."""
-    from .tensor import lift
+    offset operands on a common set of broken points."""
     nd = max(t.dim() if isinstance(t, torch.Tensor) else 0 for t in (a, b))
     ref = a if isinstance(a, OffsetTensor) else b
     pos = ref.lay.bdim + nd - ref.dim()
@@ -82,15 +84,8 @@ def align_binary(a, b, op):
         return t
 
     a, b = fix(a), fix(b)
-    lays = [(t.lay.bdim + nd - t.dim(), t.lay.outer, t.lay.inner)
-            for t in (a, b) if isinstance(t, OffsetTensor)]
+    lays = [(t.lay.bdim + nd - t.dim(), t.lay.outer, t.lay.inner) for t in (a, b) if isinstance(t, OffsetTensor)]
     if len(set(lays)) != 1:
         raise OffsetsError(f"{op}: operands hold the vertex batch in different places {lays}")
-    if isinstance(a, OffsetTensor) and isinstance(b, OffsetTensor) and a.R != b.R:
-        a, b = densify(a), densify(b)
+    a, b = align([a, b])
     return a, b, Layout(*lays[0])
-
-
-def densify(x: OffsetTensor) -> OffsetTensor:
-    """The same values with all ``2P`` offset rows stored."""
-    return x if not x.sym else OffsetTensor(x.c, x.full_d(), x.lay, x.ctx)

@@ -20,13 +20,13 @@
 from __future__ import annotations
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from .layout import align_binary, densify, norm_dim, out_layout
-from .tensor import Layout, OffsetTensor, OffsetsError, _merge, _split
+from .layout import norm_dim, out_layout
+from .tensor import Layout, OffsetTensor, OffsetsError, align, from_pm, merge, split
 
 aten = torch.ops.aten
-__all__ = ["piecewise", "crossing_counts", "max_pool", "product", "bilinear", "smooth", "fallback", "RULES"]
+__all__ = ["piecewise", "crossing_counts", "scaled_counts", "max_pool", "product", "bilinear", "smooth", "fallback", "RULES"]
 
 RULES: dict = {}
 
@@ -40,64 +40,117 @@ def _rule(*ops):
     return deco
 
 
-def _vertex_values(x: OffsetTensor):
-    """``(c4, z4, zm4)``: centre and vertex values (centre dtype) in split form; for an
-    antisymmetric tensor ``z4 = c + d``, ``zm4 = c - d`` (else ``zm4`` is None)."""
-    c4, d4 = x.c4(), x.d4().to(x.c.dtype)
-    return c4, c4 + d4, (c4 - d4 if x.sym else None)
+def _antisym_bound(x: OffsetTensor) -> torch.Tensor:
+    """``max_p |a_p|`` per neuron (split form, one row), centre dtype."""
+    mn, mx = torch.aminmax(x.a4(), dim=x.lay.bdim + 2, keepdim=True)  # one pass, no |a| temporary
+    return torch.maximum(mx, -mn).to(x.c.dtype)
 
 
-def _neurons_first(t4: torch.Tensor, x: OffsetTensor) -> torch.Tensor:
-    """``(.., outer, N, rows, inner, ..)`` -> ``(N, rows, neurons)``."""
-    b = x.lay.bdim
-    t = t4.movedim(b + 1, 0).movedim(b + 2, 1)
-    return t.reshape(t.shape[0], t.shape[1], -1)
+def scaled_counts(x: OffsetTensor, scales) -> torch.Tensor:
+    """Crossing counts ``(N, K)`` with every offset scaled by ``k`` in ``scales``
+    (another radius ``k * r``), exact for the antisymmetric points only: their vertex
+    values are ``c +- k a_p``, crossed iff ``c - k M <= 0 <= c + k M`` (three-valued)."""
+    c4, m = x.c4(), _antisym_bound(x)
+    return torch.stack([_count(x, c4 - k * m, c4 + k * m) for k in scales], 1)
 
 
-def crossing_counts(x: OffsetTensor, z4=None, zm4=None) -> torch.Tensor:
-    """Crossed neurons per point, three-valued signs of ``c + d`` over the ``2P``
-    vertices (DESIGN.md section 1.4): ``LongTensor (N,)``."""
-    if z4 is None:
-        _, z4, zm4 = _vertex_values(x)
-    z = _neurons_first(z4, x)
-    mn, mx = z.amin(1), z.amax(1)
-    if zm4 is not None:
-        zm = _neurons_first(zm4, x)
-        mn, mx = torch.minimum(mn, zm.amin(1)), torch.maximum(mx, zm.amax(1))
-    same = (mn > 0) | (mx < 0) | ((mn == 0) & (mx == 0))
-    return (~same).sum(1)
+def _bounds(x: OffsetTensor):
+    """``(lo, hi)``: min and max of the vertex values per neuron (split form, one row),
+    centre dtype.  Antisymmetric points: ``c -+ max_p |a_p|`` (rounding is monotone, so
+    this equals the min/max of the rounded vertex values); broken points: explicit.
+    Also returns the broken points' ``(z+, z-)`` (or ``None``)."""
+    cd = x.c.dtype
+    b = x.lay.bdim + 2
+    c4 = x.c4()
+    m = _antisym_bound(x)
+    lo, hi = c4 - m, c4 + m
+    zb = None
+    if x.s is not None:
+        cb = x.at_broken(c4)
+        ab = x.at_broken(x.a4()).narrow(b, 0, x.ctx.P).to(cd)
+        sb = x.s4().narrow(b, 0, x.ctx.P).to(cd)
+        zp, zm = cb + sb + ab, cb + sb - ab
+        lo_b = torch.minimum(zp.amin(b, keepdim=True), zm.amin(b, keepdim=True))
+        hi_b = torch.maximum(zp.amax(b, keepdim=True), zm.amax(b, keepdim=True))
+        lo = lo.index_copy(b - 1, x.bidx, lo_b)
+        hi = hi.index_copy(b - 1, x.bidx, hi_b)
+        zb = (zp, zm)
+    return lo, hi, zb
+
+
+def _count(x: OffsetTensor, lo, hi) -> torch.Tensor:
+    crossed = ~((lo > 0) | (hi < 0) | ((lo == 0) & (hi == 0)))
+    b = x.lay.bdim + 1
+    return crossed.movedim(b, 0).reshape(x.ctx.n, -1).sum(1)
+
+
+def crossing_counts(x: OffsetTensor) -> torch.Tensor:
+    """Crossed neurons per point, three-valued signs of the ``2P`` vertex values
+    (DESIGN.md section 1.4): ``LongTensor (N,)``."""
+    lo, hi, _ = _bounds(x)
+    return _count(x, lo, hi)
 
 
 def piecewise(x: OffsetTensor, slope: float, count: bool = False):
     """ReLU (``slope = 0``) or LeakyReLU of ``x``; with ``count`` also the crossing
-    counts ``(N,)`` of ``x`` (from the same vertex values).  Returns ``(out, counts)``."""
+    counts ``(N,)`` (from the same bounds).  Returns ``(out, counts)``.
+
+    Per neuron and vertex pair: if the centre and both vertices lie on one side, the
+    offsets scale exactly (``a, s -> g a, g s``, ``g = 1`` or ``slope``); otherwise the
+    pair's offsets ``o+- = f(z+-) - f(c)`` are evaluated in the centre dtype and split
+    into ``a = (o+ - o-)/2``, ``s = (o+ + o-)/2``.  An antisymmetric point with any such
+    neuron becomes broken (reason ``crossing``, or ``centre_sign`` when its vertices
+    agree with each other but not with the centre)."""
     ctx, lay = x.ctx, x.lay
-    c4, z4, zm4 = _vertex_values(x)
-    counts = crossing_counts(x, z4, zm4) if count else None
+    b = lay.bdim + 2
+    lo, hi, zb = _bounds(x)
+    counts = _count(x, lo, hi) if count else None
+    c4 = x.c4()
     pos_c = c4 > 0
+    keep = torch.where(pos_c, lo > 0, hi <= 0)
 
     def f(t):
         return torch.where(t > 0, t, t * slope)
 
-    c_out = _merge(f(c4), lay.bdim)
-    d4 = x.d4()
-    if x.sym:
-        keep = torch.where(pos_c, (z4 > 0) & (zm4 > 0), (z4 <= 0) & (zm4 <= 0))
-        if bool(keep.all()):
-            ctx.count_op(x.R)
-            d_out = torch.where(pos_c, d4, d4 * slope)
-            return OffsetTensor(c_out, _merge(d_out, lay.bdim), lay, ctx), counts
-        crossed = x.per_point(((z4 > 0) != (zm4 > 0)) | ((z4 < 0) != (zm4 < 0)))
-        ctx.mark_break(crossed, "crossing")
-        ctx.mark_break(x.per_point(~keep) & ~crossed, "centre_sign")
-        z4 = torch.cat([z4, zm4], lay.bdim + 2)
-        d4 = x.d4(full=True)
-    ctx.count_op(2 * ctx.P)
-    pos_z = z4 > 0
-    exact = torch.where(pos_c, d4, d4 * slope)
-    mixed = (f(z4) - f(c4)).to(ctx.dtype)
-    d_out = torch.where(pos_c == pos_z, exact, mixed)
-    return OffsetTensor(c_out, _merge(d_out, lay.bdim), lay, ctx), counts
+    # the exact scale of every antisymmetric offset (1 where the centre is positive)
+    g = pos_c.to(ctx.dtype) if slope == 0 else torch.full_like(c4, slope, dtype=ctx.dtype).masked_fill_(pos_c, 1)
+    a4 = x.a4() * g
+    c_out = merge(f(c4), lay.bdim)
+    ctx.count_op(x)
+    bad = x.per_point(~keep)  # (N,)
+    if x.bidx is not None:
+        bad[x.bidx] = False
+    if not bool(bad.any()):
+        if x.s is None:
+            return OffsetTensor(c_out, merge(a4, lay.bdim), None, None, lay, ctx), counts
+        old = x.bidx
+    else:
+        crossed = x.per_point(~((lo > 0) | (hi < 0) | ((lo == 0) & (hi == 0))))
+        ctx.mark_break(bad & crossed, "crossing")
+        ctx.mark_break(bad & ~crossed, "centre_sign")
+        old = x.bidx
+    # broken points after this op: the old ones and the new ones
+    new = torch.nonzero(bad).flatten().to(c4.device)
+    union = new if old is None else torch.unique(torch.cat([old, new]))
+    sel = lambda t: t.index_select(b - 1, union)  # noqa: E731
+    cu = sel(c4)
+    P = ctx.P
+    au = sel(x.a4()).narrow(b, 0, P).to(c4.dtype)
+    su = torch.zeros_like(au)
+    if old is not None:
+        su = su.index_copy(b - 1, torch.searchsorted(union, old), x.s4().narrow(b, 0, P).to(c4.dtype))
+    zp, zm = cu + su + au, cu + su - au
+    pu = cu > 0
+    exact = (pu == (zp > 0)) & (pu == (zm > 0))
+    fc = f(cu)
+    op, om = f(zp) - fc, f(zm) - fc
+    a_new = torch.where(exact, torch.where(pu, au, au * slope), (op - om) * 0.5)
+    s_new = torch.where(exact, torch.where(pu, su, su * slope), (op + om) * 0.5)
+    a_new, s_new = a_new.to(ctx.dtype), s_new.to(ctx.dtype)
+    if ctx.R != P:
+        a_new, s_new = torch.cat([a_new, a_new], b), torch.cat([s_new, s_new], b)
+    a4 = a4.index_copy(b - 1, union, a_new)
+    return OffsetTensor(c_out, merge(a4, lay.bdim), merge(s_new, lay.bdim), union, lay, ctx), counts
 
 
 @_rule(aten.relu.default)
@@ -126,67 +179,83 @@ def max_pool(func, args, kwargs):
     if not isinstance(x, OffsetTensor) or x.lay.bdim != 0 or x.dim() != k + 2:
         raise OffsetsError(f"{func}: batched input with the vertex batch in dimension 0 expected")
     ctx, lay = x.ctx, x.lay
+    n, P, R = ctx.n, ctx.P, ctx.R
     rest = args[1:]
     c_out, idx_c = func(x.c, *rest, **kwargs)
     _, idx_v = func(x.vertices(), *rest, **kwargs)
-    P2 = 2 * ctx.P
+    ctx.count_op(x)
+    out_shape = c_out.shape[1:]
 
     def flat(t):  # (rows, C, *spatial) -> (rows, C, S)
         return t.reshape(t.shape[0], t.shape[1], -1)
 
-    out_shape = c_out.shape[1:]
-    iv4 = _split(idx_v, lay, ctx.n, P2)
-    ic4 = _split(idx_c, lay, ctx.n, 1)
-    if x.sym:
-        same = (iv4 == ic4)
-        if bool(same.all()):
-            ctx.count_op(x.R)
-            ic = _merge(ic4.expand(*ic4.shape[:2], x.R, *ic4.shape[3:]), 0)
-            d = flat(x.d).gather(2, flat(ic)).reshape(-1, *out_shape)
-            return OffsetTensor(c_out, d, lay, ctx), idx_v
-        ctx.mark_break(x.per_point(~same), "argmax")
-    ctx.count_op(P2)
-    iv = flat(idx_v)
-    d_full = flat(x.full_d())
-    c_rows = flat(x.centre_rows(P2))
-    c_out_rows = flat(_merge(_split(c_out, lay, ctx.n, 1).expand(*ic4.shape[:2], P2, *ic4.shape[3:]), 0))
-    dj = d_full.gather(2, iv)
-    switched = ((c_rows.gather(2, iv) - c_out_rows) + dj.to(x.c.dtype)).to(ctx.dtype)
-    same = iv == flat(_merge(ic4.expand(*ic4.shape[:2], P2, *ic4.shape[3:]), 0))
-    d = torch.where(same, dj, switched).reshape(-1, *out_shape)
-    return OffsetTensor(c_out, d, lay, ctx), idx_v
+    ic4 = split(idx_c, lay, n, 1)
+    iv4 = split(idx_v, lay, n, 2 * P)
+    switched = x.per_point(iv4 != ic4)
+    old = torch.zeros_like(switched)
+    if x.bidx is not None:
+        old[x.bidx] = True
+    ctx.mark_break(switched & ~old, "argmax")
+    # the parts gathered at the centre's argmax: exact for every point that did not switch
+    ic = merge(ic4.expand(*ic4.shape[:2], R, *ic4.shape[3:]), 0)
+    a = flat(x.a).gather(2, flat(ic)).reshape(-1, *out_shape)
+    brk = switched | old
+    if not bool(brk.any()):
+        return OffsetTensor(c_out, a, None, None, lay, ctx), idx_v
+    # broken points, every vertex: o = v[j] - c_out = c[j] - c[i] + d[j]; then the a/s split
+    bidx = torch.nonzero(brk).flatten()
+    zp, zm = x.pm()
+    v = merge(torch.cat([zp, zm], 2).index_select(1, bidx), 0)
+    iv = merge(iv4.index_select(1, bidx), 0)
+    vj = flat(v).gather(2, flat(iv)).reshape(-1, *out_shape)
+    cb4 = split(c_out, lay, n, 1).index_select(1, bidx)
+    o4 = split(vj, Layout(0, lay.outer, lay.inner), bidx.numel(), 2 * P) - cb4.to(v.dtype)
+    a_b = ((o4.narrow(2, 0, P) - o4.narrow(2, P, P)) * 0.5).to(ctx.dtype)
+    s_b = ((o4.narrow(2, 0, P) + o4.narrow(2, P, P)) * 0.5).to(ctx.dtype)
+    if R != P:
+        a_b, s_b = torch.cat([a_b, a_b], 2), torch.cat([s_b, s_b], 2)
+    a4 = split(a, lay, n, R).index_copy(1, bidx, a_b)
+    return OffsetTensor(c_out, merge(a4, 0), merge(s_b, 0), bidx, lay, ctx), idx_v
 
 
 def product(a: OffsetTensor, b: OffsetTensor, lay: Layout) -> OffsetTensor:
-    """Elementwise ``a * b`` of two varying tensors, in the centre dtype."""
+    """Elementwise ``a * b`` of two varying tensors, in the centre dtype:
+    ``(c1 + s1 +- a1)(c2 + s2 +- a2) - c1 c2``."""
     ctx = a.ctx
-    if a.sym or b.sym:
-        ctx.mark_break(torch.ones(ctx.n, dtype=torch.bool), "product")
-    a, b = densify(a), densify(b)
+    ctx.mark_break(torch.ones(ctx.n, dtype=torch.bool), "product")
+    ctx.count_op(a)
     la, lb = Layout(a.lay.bdim, *lay[1:]), Layout(b.lay.bdim, *lay[1:])
-    ca, cb = _split(a.c, la, ctx.n, 1), _split(b.c, lb, ctx.n, 1)
-    da, db = _split(a.d, la, ctx.n, a.R).to(a.c.dtype), _split(b.d, lb, ctx.n, b.R).to(b.c.dtype)
     c = a.c * b.c
-    d = ((ca + da) * db + da * cb).to(ctx.dtype)
-    ctx.count_op(a.R)
-    return OffsetTensor(c, _merge(d, lay.bdim), lay, ctx)
+    ap, am = (t - split(a.c, la, ctx.n, 1) for t in a.pm())
+    bp, bm = (t - split(b.c, lb, ctx.n, 1) for t in b.pm())
+    ca, cb = split(a.c, la, ctx.n, 1), split(b.c, lb, ctx.n, 1)
+    op = (ca + ap) * bp + ap * cb
+    om = (ca + am) * bm + am * cb
+    return from_pm(split(c, lay, ctx.n, 1), op, om, lay, ctx)
 
 
 def bilinear(func, a: OffsetTensor, b: OffsetTensor) -> OffsetTensor:
-    """``mm``/``bmm`` of two varying tensors: ``f(c1+d1, d2) + f(d1, c2)`` in the
-    offsets dtype; the batch must be a batch dimension of the product."""
+    """``mm``/``bmm`` of two varying tensors: ``o = f(c1 + d1, d2) + f(d1, c2)`` per
+    vertex (``d = s +- a``), in the offsets dtype; the batch must be a batch
+    dimension of the product."""
     ctx = a.ctx
     if a.lay != b.lay or a.lay.bdim >= a.dim() - 2:
         raise OffsetsError(f"{func} of two varying tensors over the vertex batch dimension")
-    if a.sym or b.sym:
-        ctx.mark_break(torch.ones(ctx.n, dtype=torch.bool), "product")
-    a, b = densify(a), densify(b)
-    P2 = 2 * ctx.P
+    ctx.mark_break(torch.ones(ctx.n, dtype=torch.bool), "product")
+    ctx.count_op(a)
+    lay, n, P = a.lay, ctx.n, ctx.P
     c = func(a.c, b.c)
-    av = a.centre_rows(P2, ctx.dtype) + a.d
-    d = func(av, b.d) + func(a.d, b.centre_rows(P2, ctx.dtype))
-    ctx.count_op(P2)
-    return OffsetTensor(c, d, out_layout(a, c, d, P2, func), ctx)
+
+    def dense(x):  # (.., n*2P, ..) offsets in the compute dtype
+        zp, zm = x.pm()
+        c4 = x.c4()
+        return merge(torch.cat([zp - c4, zm - c4], lay.bdim + 2).to(ctx.dtype), lay.bdim)
+    da, db = dense(a), dense(b)
+    d = func(a.centre_rows(2 * P, ctx.dtype) + da, db) + func(da, b.centre_rows(2 * P, ctx.dtype))
+    out_lay = out_layout(a, c, d, func, R=2 * P)
+    d4 = split(d, out_lay, n, 2 * P)
+    return from_pm(split(c, out_lay, n, 1), d4.narrow(out_lay.bdim + 2, 0, P),
+                   d4.narrow(out_lay.bdim + 2, P, P), out_lay, ctx)
 
 
 # ---------------------------------------------------------------------------
@@ -230,17 +299,17 @@ def smooth(func, args, kwargs, check=None):
     cargs, ckw = tree_unflatten([t.c if isinstance(t, OffsetTensor) else t for t in flat], spec)
     vargs, vkw = tree_unflatten([t.vertices() if isinstance(t, OffsetTensor) else t for t in flat], spec)
     out_c, out_v = func(*cargs, **ckw), func(*vargs, **vkw)
-    if any(t.sym for t in xs):
-        ctx.mark_break(torch.ones(ctx.n, dtype=torch.bool), "smooth")
-    P2 = 2 * ctx.P
-    ctx.count_op(P2)
+    ctx.mark_break(torch.ones(ctx.n, dtype=torch.bool), "smooth")
+    P = ctx.P
+    ctx.count_op(x)
 
     def wrap(c, v):
         if not isinstance(c, torch.Tensor) or not c.is_floating_point():
             return v
-        lay = out_layout(x, c, v, P2, func)
-        d = _split(v, lay, ctx.n, P2) - _split(c, lay, ctx.n, 1)
-        return OffsetTensor(c, _merge(d.to(ctx.dtype), lay.bdim), lay, ctx)
+        lay = out_layout(x, c, v, func, R=2 * P)
+        c4 = split(c, lay, ctx.n, 1)
+        d = split(v, lay, ctx.n, 2 * P) - c4
+        return from_pm(c4, d.narrow(lay.bdim + 2, 0, P), d.narrow(lay.bdim + 2, P, P), lay, ctx)
 
     if isinstance(out_c, torch.Tensor):
         return wrap(out_c, out_v)
@@ -278,14 +347,6 @@ for _name, _check in _SMOOTH.items():
         RULES[_op] = _smooth_rule(_check)
 
 
-@_rule(aten.where.self)
-def _where(func, args, kwargs):
-    cond = args[0]
-    if isinstance(cond, OffsetTensor):
-        return fallback(func, args, kwargs)
-    return fallback(func, args, kwargs)
-
-
 def fallback(func, args, kwargs):
     """An op without a rule: see the module docstring."""
     flat, spec = tree_flatten((args, kwargs))
@@ -302,7 +363,7 @@ def fallback(func, args, kwargs):
     out_cc = func(*cargs, **ckw)
     lay = x.lay
     ctx.mark_break(torch.ones(ctx.n, dtype=torch.bool), "general")
-    ctx.count_op(P2)
+    ctx.count_op(x)
 
     def wrap(cc, v):
         if not isinstance(v, torch.Tensor) or not v.is_floating_point():
@@ -310,16 +371,15 @@ def fallback(func, args, kwargs):
         if tuple(v.shape) != tuple(x.shape):
             raise OffsetsError(f"{func} is not known to the offsets engine and changes the shape "
                                f"{tuple(x.shape)} -> {tuple(v.shape)}: cannot follow the vertex batch")
-        cc4 = _split(cc, lay, ctx.n, P2)
+        cc4 = split(cc, lay, ctx.n, P2)
         c4 = cc4.narrow(lay.bdim + 2, 0, 1)
         if not torch.equal(cc4, c4.expand_as(cc4)):
             raise OffsetsError(f"{func} is not known to the offsets engine and mixes the vertices of a point")
-        d4 = (_split(v, lay, ctx.n, P2) - c4).to(ctx.dtype)
-        return OffsetTensor(_merge(c4, lay.bdim), _merge(d4, lay.bdim), lay, ctx)
+        d4 = split(v, lay, ctx.n, P2) - c4
+        P = ctx.P
+        return from_pm(c4, d4.narrow(lay.bdim + 2, 0, P), d4.narrow(lay.bdim + 2, P, P), lay, ctx)
 
     flat_v, spec_v = tree_flatten(out_v)
     flat_c = tree_flatten(out_cc)[0]
     return tree_unflatten([wrap(c, v) for c, v in zip(flat_c, flat_v)], spec_v)
 
-
-_ = (align_binary, tree_map)

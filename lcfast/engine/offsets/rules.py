@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from . import nonlinear as nl
-from .layout import align_binary, densify, norm_dim, out_layout, view_sizes
-from .tensor import Layout, OffsetTensor, OffsetsError
+from .layout import align_binary, norm_dim, out_layout, view_sizes
+from .tensor import Layout, OffsetTensor, OffsetsError, align, lift
 
 aten = torch.ops.aten
 __all__ = ["dispatch", "RULES"]
@@ -55,8 +55,7 @@ def _inplace(func, base, args, kwargs):
         raise OffsetsError(f"{func} writes values that vary over the vertices into a constant tensor")
     if not isinstance(out, OffsetTensor) or tuple(out.shape) != tuple(self.shape):
         raise OffsetsError(f"{func}: in-place result of another shape")
-    self._set(out.c, out.d, out.lay, out.ctx)
-    return self
+    return self.assign(out)
 
 
 @_rule(aten.copy_.default)
@@ -64,18 +63,23 @@ def _copy_(func, args, kwargs):
     dst, src = args[0], args[1]
     if not isinstance(dst, OffsetTensor) or not isinstance(src, OffsetTensor) or dst.shape != src.shape:
         raise OffsetsError("copy_ of vertex values into a constant tensor (or between shapes)")
-    dst._set(src.c.clone(), src.d.clone(), src.lay, src.ctx)
-    return dst
+    return dst.assign(src)
 
 
-def _wrap(x: OffsetTensor, c, d, op) -> OffsetTensor:
-    lay = out_layout(x, c, d, x.R, op)
-    return OffsetTensor(c, d, lay, x.ctx)
+def _wrap(x: OffsetTensor, c, a, s, op) -> OffsetTensor:
+    return x.with_parts(c, a, s, out_layout(x, c, a, op))
 
 
 def _both(x, fn, lay: Layout):
     """Apply a structural ``fn`` to centre and offsets."""
-    return OffsetTensor(fn(x.c), fn(x.d), lay, x.ctx)
+    return x.with_parts(fn(x.c), fn(x.a), None if x.s is None else fn(x.s), lay)
+
+
+def _parts(x, fn, count=True):
+    """A linear ``fn`` (no bias) applied to both offset parts."""
+    if count:
+        x.ctx.count_op(x)
+    return fn(x.a), (None if x.s is None else fn(x.s))
 
 
 # ---------------------------------------------------------------------------
@@ -86,8 +90,10 @@ def _both(x, fn, lay: Layout):
 @_rule(aten.view.default, aten._unsafe_view.default, aten.reshape.default)
 def _view(func, args, kwargs):
     x, size = args[0], args[1]
-    cs, ds, lay = view_sizes(x, size)
-    return OffsetTensor(x.c.reshape(cs), x.d.reshape(ds), lay, x.ctx)
+    sizes, lay = view_sizes(x, size)
+    R = x.ctx.R
+    s = None if x.s is None else x.s.reshape(sizes(x.nb, R))
+    return x.with_parts(x.c.reshape(sizes(x.ctx.n, 1)), x.a.reshape(sizes(x.ctx.n, R)), s, lay)
 
 
 @_rule(aten.expand.default)
@@ -195,13 +201,12 @@ def _cat(func, args, kwargs):
     b = ref.lay.bdim
     if dim == b:
         raise OffsetsError("cat along the vertex batch dimension")
-    from .tensor import lift
     ts = [t if isinstance(t, OffsetTensor) else lift(t, ref, b) for t in tensors]
     if any(t.lay != ref.lay for t in ts):
         raise OffsetsError("cat of tensors holding the vertex batch in different places")
-    if len({t.R for t in ts}) > 1:
-        ts = [densify(t) for t in ts]
-    return OffsetTensor(torch.cat([t.c for t in ts], dim), torch.cat([t.d for t in ts], dim), ref.lay, ref.ctx)
+    ts = align(ts)
+    s = None if ts[0].s is None else torch.cat([t.s for t in ts], dim)
+    return ts[0].with_parts(torch.cat([t.c for t in ts], dim), torch.cat([t.a for t in ts], dim), s)
 
 
 @_rule(aten.stack.default)
@@ -222,9 +227,10 @@ def _split(func, args, kwargs):
     b = x.lay.bdim
     if dim == b:
         raise OffsetsError(f"{func} along the vertex batch dimension")
-    cs, ds = func(x.c, *args[1:], **kwargs), func(x.d, *args[1:], **kwargs)
-    nb = b - (dim < b) if func is aten.unbind.int else b
-    return [OffsetTensor(c, d, x.lay._replace(bdim=nb), x.ctx) for c, d in zip(cs, ds)]
+    cs, as_ = func(x.c, *args[1:], **kwargs), func(x.a, *args[1:], **kwargs)
+    ss = [None] * len(cs) if x.s is None else func(x.s, *args[1:], **kwargs)
+    lay = x.lay._replace(bdim=b - (dim < b) if func is aten.unbind.int else b)
+    return [x.with_parts(c, a, s, lay) for c, a, s in zip(cs, as_, ss)]
 
 
 @_rule(aten.constant_pad_nd.default)
@@ -233,7 +239,8 @@ def _pad(func, args, kwargs):
     value = args[2] if len(args) > 2 else kwargs.get("value", 0)
     if x.lay.bdim >= x.dim() - len(pad) // 2:
         raise OffsetsError("padding the vertex batch dimension")
-    return OffsetTensor(func(x.c, pad, value), func(x.d, pad, 0), x.lay, x.ctx)
+    a, s = _parts(x, lambda t: func(t, pad, 0), count=False)
+    return x.with_parts(func(x.c, pad, value), a, s)
 
 
 @_rule(aten.index_select.default, aten.flip.default, aten.roll.default)
@@ -266,9 +273,9 @@ def _mm(func, args, kwargs):
     _contracted(x, x.dim() - 1 if va else x.dim() - 2, func)
     ctx = x.ctx
     c = func(a.c if va else a, b.c if vb else b)
-    d = func(a.d if va else ctx.cast(a), b.d if vb else ctx.cast(b))
-    ctx.count_op(x.R)
-    return _wrap(x, c, d, func)
+    k = ctx.cast(b if va else a)
+    da, ds = _parts(x, (lambda t: func(t, k)) if va else (lambda t: func(k, t)))
+    return _wrap(x, c, da, ds, func)
 
 
 @_rule(aten.addmm.default, aten.baddbmm.default)
@@ -285,11 +292,13 @@ def _addmm(func, args, kwargs):
     _contracted(x, x.dim() - 1 if x is a else x.dim() - 2, func)
     ctx = x.ctx
     c = func(bias, a.c if x is a else a, b.c if x is b else b, beta=beta, alpha=alpha)
-    d = mm(a.d if x is a else ctx.cast(a), b.d if x is b else ctx.cast(b))
-    if alpha != 1:
-        d = d * alpha
-    ctx.count_op(x.R)
-    return _wrap(x, c, d, func)
+    k = ctx.cast(b if x is a else a)
+
+    def lin(t):
+        out = mm(t, k) if x is a else mm(k, t)
+        return out if alpha == 1 else out * alpha
+    da, ds = _parts(x, lin)
+    return _wrap(x, c, da, ds, func)
 
 
 def _like_centre(d, c, lay):
@@ -314,9 +323,9 @@ def _conv(func, args, kwargs):
         raise OffsetsError("convolution input without the vertex batch in dimension 0")
     ctx = x.ctx
     c = func(x.c, w, bias, *args[3:], **kwargs)
-    d = func(x.d, ctx.cast(w), None, *args[3:], **kwargs)
-    ctx.count_op(x.R)
-    return _wrap(x, c, d, func)
+    wk = ctx.cast(w)
+    da, ds = _parts(x, lambda t: func(t, wk, None, *args[3:], **kwargs))
+    return _wrap(x, c, da, ds, func)
 
 
 def _bn_scale(weight, var, eps, like):
@@ -336,9 +345,9 @@ def _batch_norm(func, args, kwargs):
         raise OffsetsError("batch norm input without the vertex batch in dimension 0")
     eps = args[-1] if len(args) > 5 else kwargs.get("eps", 1e-5)
     out = func(x.c, *args[1:], **kwargs)
-    d = x.d * _bn_scale(weight, var, eps, x.d)
-    x.ctx.count_op(x.R)
-    return (OffsetTensor(out[0], d, x.lay, x.ctx), *out[1:])
+    scale = _bn_scale(weight, var, eps, x.a)
+    a, s = _parts(x, lambda t: t * scale)
+    return (x.with_parts(out[0], a, s), *out[1:])
 
 
 _POOL_SPATIAL = {}
@@ -357,9 +366,8 @@ def _linear_unary(func, args, kwargs):
     if k is not None and x.lay.bdim >= x.dim() - k:
         raise OffsetsError(f"{func} pools over the vertex batch dimension")
     c = func(x.c, *args[1:], **kwargs)
-    d = func(x.d, *args[1:], **kwargs)
-    x.ctx.count_op(x.R)
-    return _wrap(x, c, d, func)
+    a, s = _parts(x, lambda t: func(t, *args[1:], **kwargs))
+    return _wrap(x, c, a, s, func)
 
 
 @_rule(aten.neg.default)
@@ -377,14 +385,15 @@ def _scalar(func, args, kwargs):
 @_rule(aten.add.Scalar, aten.sub.Scalar)
 def _add_scalar(func, args, kwargs):
     x = args[0]
-    return OffsetTensor(func(x.c, *args[1:], **kwargs), x.d, x.lay, x.ctx)
+    return x.with_parts(func(x.c, *args[1:], **kwargs), x.a, x.s)
 
 
 @_rule(aten.rsub.Scalar)
 def _rsub_scalar(func, args, kwargs):
     x = args[0]
     alpha = kwargs.get("alpha", args[2] if len(args) > 2 else 1)
-    return OffsetTensor(func(x.c, *args[1:], **kwargs), x.d * (-alpha), x.lay, x.ctx)
+    a, s = _parts(x, lambda t: t * (-alpha), count=False)
+    return x.with_parts(func(x.c, *args[1:], **kwargs), a, s)
 
 
 @_rule(aten.add.Tensor, aten.sub.Tensor, aten.rsub.Tensor)
@@ -404,12 +413,13 @@ def _add(func, args, kwargs):
     ref = a if va else b
     c = torch.add(a.c if va else a, b.c if vb else b, alpha=alpha)
     if va and vb:
-        d = torch.add(a.d, b.d, alpha=alpha)
+        da = torch.add(a.a, b.a, alpha=alpha)
+        ds = None if a.s is None else torch.add(a.s, b.s, alpha=alpha)
     elif va:
-        d = a.d
+        da, ds = a.a, a.s
     else:
-        d = b.d * alpha if alpha != 1 else b.d
-    return OffsetTensor(c, _like_centre(d, c, lay), lay, ref.ctx)
+        da, ds = _parts(b, lambda t: t * alpha if alpha != 1 else t, count=False)
+    return ref.with_parts(c, _like_centre(da, c, lay), None if ds is None else _like_centre(ds, c, lay), lay)
 
 
 @_rule(aten.mul.Tensor, aten.div.Tensor)
@@ -425,8 +435,9 @@ def _mul(func, args, kwargs):
         return nl.smooth(func, (a, b), {})
     x, k = (a, b) if va else (b, a)
     c = func(a.c if va else a, b.c if vb else b)
-    d = func(x.d, x.ctx.cast(k)) if va else func(x.ctx.cast(k), x.d)
-    return OffsetTensor(c, _like_centre(d, c, lay), lay, x.ctx)
+    kk = x.ctx.cast(k)
+    da, ds = _parts(x, (lambda t: func(t, kk)) if va else (lambda t: func(kk, t)), count=False)
+    return x.with_parts(c, _like_centre(da, c, lay), None if ds is None else _like_centre(ds, c, lay), lay)
 
 
 @_rule(_g("native_dropout", "default"))

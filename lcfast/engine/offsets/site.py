@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ...sites import ActCall, SiteHandler, SiteInterceptor, SiteSpec
-from .nonlinear import crossing_counts, piecewise
+from .nonlinear import crossing_counts, piecewise, scaled_counts
 from .tensor import OffsetTensor
 
 __all__ = ["OffsetsSiteHandler", "make_interceptor"]
@@ -32,18 +32,34 @@ def _plain_counts(pre: torch.Tensor, V: int) -> torch.Tensor:
 
 
 class OffsetsSiteHandler(SiteHandler):
-    """Site handler of the offsets engine: ``(site value) -> (activated value, counts (N,))``."""
+    """Site handler of the offsets engine: ``(site value) -> (activated value, counts (N,))``.
+
+    Args:
+        scales: optional offset scales ``k`` (other radii ``k * r``); each site then
+            also records :func:`~.nonlinear.scaled_counts` ``(N, K)`` in
+            :attr:`scaled` (valid for the points still antisymmetric at that site,
+            listed as ``broken`` otherwise).
+    """
+
+    def __init__(self, scales=None):
+        self.scales = scales
+        self.scaled: list[torch.Tensor] = []
+        self.broken: list[torch.Tensor | None] = []
 
     def site(self, pre, V: int, call: ActCall | None):
         """Counts ``LongTensor (N,)`` and, when ``call`` is given, the activation output."""
+        if self.scales is not None:
+            if not isinstance(pre, OffsetTensor):
+                raise TypeError("several radii need every site value to vary with the input")
+            self.scaled.append(scaled_counts(pre, self.scales))
+            self.broken.append(pre.bidx)
         if not isinstance(pre, OffsetTensor):
             counts = _plain_counts(pre, V)
             return (call.run() if call is not None else None), counts
         if call is not None and call.kind in PIECEWISE:
             out, counts = piecewise(pre, call.slope, count=True)
             if call.inplace:
-                pre._set(out.c, out.d, out.lay, out.ctx)
-                out = pre
+                out = pre.assign(out)
             return out, counts
         counts = crossing_counts(pre)
         return (call.run() if call is not None else None), counts
@@ -58,5 +74,5 @@ class OffsetsSiteHandler(SiteHandler):
         return out
 
 
-def make_interceptor(model, spec: SiteSpec, rows: int, V: int) -> SiteInterceptor:
-    return SiteInterceptor(model, spec, OffsetsSiteHandler(), rows, V)
+def make_interceptor(model, spec: SiteSpec, rows: int, V: int, handler=None) -> SiteInterceptor:
+    return SiteInterceptor(model, spec, handler or OffsetsSiteHandler(), rows, V)

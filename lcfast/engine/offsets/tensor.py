@@ -1,31 +1,33 @@
-"""The centre + offsets tensor: one value per point (``c``) and its vertices' offsets (``d``).
+"""The centre + offsets tensor: one value per point (``c``) and its vertices' offsets.
 
 :class:`OffsetTensor` is an aten-level tensor subclass (``__torch_dispatch__``).  It
-presents itself to the model's unmodified ``forward`` as the vertex batch (shape with
-``N * 2P`` vertices in its batch dimension, point-major), while it stores
+presents itself to the model's unmodified ``forward`` as the vertex batch (``N * 2P``
+vertices in its batch dimension, point-major, ``+v_1..+v_P, -v_1..-v_P``), while it
+stores, per point, the value of vertex ``+-v_p`` as ``c + s_p +- a_p``:
 
-* ``c``: the centres, the same shape with ``N`` in place of ``N * 2P``, in the centre
-  dtype (float32 or float64);
-* ``d``: the offsets of the vertices from their centre, ``N * R`` in place of
-  ``N * 2P``, in the compute dtype (float32, bfloat16, float16, float64).  ``R = P``
-  while every point is *antisymmetric* (the offset of vertex ``-v_p`` is ``-d_p``, so
-  only ``+v_1..+v_P`` are stored), ``R = 2P`` (order ``+v_1..+v_P, -v_1..-v_P``) after.
+* ``c``: the centres, ``N`` in place of ``N * 2P``, centre dtype (float32 / float64);
+* ``a``: the antisymmetric part, ``N * R`` rows, compute dtype (bf16, fp16, fp32, fp64);
+* ``s``: the symmetric part, only for the points whose antisymmetry broke
+  (``bidx``, sorted indices; ``Nb * R`` rows), ``None`` while no point broke.
+
+So a point costs ``1 + P`` rows while antisymmetric and ``1 + 2P`` after, decided
+per point.  ``R = max(P, 2)``: for ``P = 1`` the single row is stored twice (the
+duplicate vertex changes no crossing) so that centre and offset results always
+differ in size along the batch.
 
 Where the batch is, is known by provenance, never guessed from sizes: a
 :class:`Layout` says which dimension holds it and which factors were merged with it
-(``outer * N * 2P * inner`` after e.g. the ``view(L * B, E)`` and
-``view(L, B * heads, e)`` of ``nn.MultiheadAttention``).  Each op rule
-(:mod:`.rules`) computes the output layout; when it cannot be decided the rule raises
-:class:`OffsetsError`.
+(``outer * N * 2P * inner`` after e.g. the ``view(L * B, E)`` of
+``nn.MultiheadAttention``).  Each op rule (:mod:`.rules`, :mod:`.nonlinear`) computes
+the output layout; when it cannot be decided the rule raises :class:`OffsetsError`.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 
-__all__ = ["Layout", "OffsetContext", "OffsetTensor", "OffsetsError"]
+__all__ = ["Layout", "OffsetContext", "OffsetTensor", "OffsetsError", "split", "merge", "lift"]
 
 
 class OffsetsError(RuntimeError):
@@ -33,8 +35,7 @@ class OffsetsError(RuntimeError):
 
 
 class Layout(NamedTuple):
-    """Where the batch lives: dimension ``bdim`` has size ``outer * batch * inner``
-    (``batch`` = ``N`` for ``c``, ``N * R`` for ``d``, ``N * 2P`` apparent)."""
+    """Where the batch lives: dimension ``bdim`` has size ``outer * batch * inner``."""
 
     bdim: int
     outer: int = 1
@@ -50,20 +51,22 @@ class OffsetContext:
         dtype: compute dtype of the offsets.
 
     Attributes:
+        R: offset rows per point and part (``max(P, 2)``).
         cache: constants (weights) cast to ``dtype``, keyed by storage and version.
         first_break: ``LongTensor (N,)``: index of the offset op at which each point
             stopped being antisymmetric (``-1`` while it still is).
         breaks: ``{reason: points}`` that broke antisymmetry for that reason.
-        ops / row_work: offset ops run and ``sum (1 + R)`` over them (rows per point).
+        ops / row_work: offset ops run and the sum of their rows per point.
     """
 
     def __init__(self, n: int, P: int, dtype: torch.dtype):
         self.n, self.P, self.dtype = n, P, dtype
+        self.R = max(P, 2)
         self.cache: dict = {}
         self.first_break = torch.full((n,), -1, dtype=torch.long)
         self.breaks: dict[str, int] = {}
         self.ops = 0
-        self.row_work = 0
+        self.row_work = 0.0
 
     def cast(self, t):
         """A constant (weight, scale) in the offsets dtype; cached per storage/version."""
@@ -76,9 +79,11 @@ class OffsetContext:
             hit = self.cache[key] = t.to(self.dtype)
         return hit
 
-    def count_op(self, R: int) -> None:
+    def count_op(self, x: "OffsetTensor") -> None:
+        """Account one op on ``x``'s offsets (``1 + P`` or ``1 + 2P`` rows per point)."""
+        nb = 0 if x.bidx is None else x.bidx.numel()
         self.ops += 1
-        self.row_work += 1 + R
+        self.row_work += 1 + self.P * (1 + nb / max(1, self.n))
 
     def mark_break(self, points: torch.Tensor, reason: str) -> None:
         """Record that the points in bool mask ``points`` (N,) lose antisymmetry now."""
@@ -89,104 +94,117 @@ class OffsetContext:
             self.breaks[reason] = self.breaks.get(reason, 0) + int(new.sum())
 
 
-def _split(t: torch.Tensor, lay: Layout, n: int, rows: int) -> torch.Tensor:
-    """View dimension ``lay.bdim`` of ``t`` as ``(outer, n, rows, inner)``."""
+def split(t: torch.Tensor, lay: Layout, pts: int, rows: int) -> torch.Tensor:
+    """View dimension ``lay.bdim`` of ``t`` as ``(outer, pts, rows, inner)``."""
     b = lay.bdim
     s = t.shape
-    return t.reshape(*s[:b], lay.outer, n, rows, lay.inner, *s[b + 1:])
+    return t.reshape(*s[:b], lay.outer, pts, rows, lay.inner, *s[b + 1:])
 
 
-def _merge(t: torch.Tensor, b: int) -> torch.Tensor:
-    """Inverse of :func:`_split`: dims ``b..b+3`` back into one."""
+def merge(t: torch.Tensor, b: int) -> torch.Tensor:
+    """Inverse of :func:`split`: dims ``b..b+3`` back into one."""
     return t.flatten(b, b + 3)
 
 
 class OffsetTensor(torch.Tensor):
-    """Centre ``c`` and offsets ``d`` of ``N`` points, seen by the model as the
-    ``N * 2P``-vertex batch (see the module docstring).
-
-    Args:
-        c: centres, batch dimension ``outer * N * inner``; centre dtype.
-        d: offsets, batch dimension ``outer * N * R * inner``; compute dtype.
-        layout: where the batch is.
-        ctx: the chunk's :class:`OffsetContext`.
+    """Centre ``c``, antisymmetric part ``a`` and symmetric part ``s`` (points ``bidx``)
+    of ``N`` points, seen by the model as the ``N * 2P``-vertex batch (module docstring).
     """
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 
     @staticmethod
-    def __new__(cls, c: torch.Tensor, d: torch.Tensor, layout: Layout, ctx: OffsetContext):
+    def __new__(cls, c, a, s, bidx, layout: Layout, ctx: OffsetContext):
         shape = list(c.shape)
         shape[layout.bdim] = c.shape[layout.bdim] * 2 * ctx.P
         return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=c.dtype, device=c.device)
 
-    def __init__(self, c, d, layout, ctx):
-        self._set(c, d, layout, ctx)
+    def __init__(self, c, a, s, bidx, layout, ctx):
+        self._set(c, a, s, bidx, layout, ctx)
 
-    def _set(self, c, d, layout, ctx):
+    def _set(self, c, a, s, bidx, layout, ctx):
         b = layout.bdim
-        cb = c.shape[b]
-        if cb != layout.outer * ctx.n * layout.inner or d.shape[b] % cb or c.dim() != d.dim():
-            raise OffsetsError(f"internal: centre {tuple(c.shape)} / offsets {tuple(d.shape)} disagree with "
-                               f"{layout} for N={ctx.n}")
-        R = d.shape[b] // cb
-        if R not in (ctx.P, 2 * ctx.P) or (ctx.P == 1 and R == 1):
-            raise OffsetsError(f"internal: {R} offset rows per point (P={ctx.P})")
-        self.c, self.d, self.lay, self.ctx = c, d, layout, ctx
+        unit = layout.outer * layout.inner
+        ok = c.dim() == a.dim() and c.shape[b] == unit * ctx.n and a.shape[b] == unit * ctx.n * ctx.R
+        if s is not None:
+            ok = ok and bidx is not None and s.dim() == c.dim() and s.shape[b] == unit * bidx.numel() * ctx.R
+            if bidx.numel() == 0:
+                s = bidx = None
+        else:
+            bidx = None
+        if not ok:
+            raise OffsetsError(f"internal: centre {tuple(c.shape)} / offsets {tuple(a.shape)} / "
+                               f"{None if s is None else tuple(s.shape)} disagree with {layout} for N={ctx.n}")
+        self.c, self.a, self.s, self.bidx, self.lay, self.ctx = c, a, s, bidx, layout, ctx
 
-    # -- shape of the stored parts -------------------------------------------
-    @property
-    def R(self) -> int:
-        return self.d.shape[self.lay.bdim] // self.c.shape[self.lay.bdim]
+    def assign(self, other: "OffsetTensor") -> "OffsetTensor":
+        """Become ``other`` (for in-place ops)."""
+        self._set(other.c, other.a, other.s, other.bidx, other.lay, other.ctx)
+        return self
 
     @property
-    def sym(self) -> bool:
-        """Antisymmetric: only ``+v`` offsets stored."""
-        return self.R == self.ctx.P and self.ctx.P > 1
+    def nb(self) -> int:
+        return 0 if self.bidx is None else self.bidx.numel()
 
     def __repr__(self):  # printing must not run ops
-        return (f"OffsetTensor(shape={tuple(self.shape)}, centre={self.c.dtype}, offsets={self.d.dtype}, "
-                f"rows={self.R}, {self.lay})")
+        return (f"OffsetTensor(shape={tuple(self.shape)}, centre={self.c.dtype}, offsets={self.a.dtype}, "
+                f"broken points={self.nb}/{self.ctx.n}, {self.lay})")
 
-    # -- views of c and d with (outer, N, rows, inner) split out ----------------
+    # -- split views -----------------------------------------------------------
     def c4(self) -> torch.Tensor:
-        return _split(self.c, self.lay, self.ctx.n, 1)
+        return split(self.c, self.lay, self.ctx.n, 1)
 
-    def d4(self, full: bool = False) -> torch.Tensor:
-        d = _split(self.d, self.lay, self.ctx.n, self.R)
-        if full and self.sym:
-            d = torch.cat([d, -d], dim=self.lay.bdim + 2)
-        return d
+    def a4(self) -> torch.Tensor:
+        return split(self.a, self.lay, self.ctx.n, self.ctx.R)
 
-    def full_d(self) -> torch.Tensor:
-        """Offsets of all ``2P`` vertices (dense), compute dtype."""
-        if not self.sym:
-            return self.d
-        return _merge(self.d4(full=True), self.lay.bdim)
+    def s4(self) -> torch.Tensor | None:
+        return None if self.s is None else split(self.s, self.lay, self.nb, self.ctx.R)
+
+    def at_broken(self, t4: torch.Tensor) -> torch.Tensor:
+        """Rows of the broken points of a split-form tensor over all points."""
+        return t4.index_select(self.lay.bdim + 1, self.bidx)
+
+    def s_full4(self, dtype=None) -> torch.Tensor | None:
+        """The symmetric part over all points (zeros where antisymmetric), split form."""
+        if self.s is None:
+            return None
+        s4 = self.s4().to(dtype or self.a.dtype)
+        shape = list(self.a4().shape)
+        out = torch.zeros(shape, dtype=s4.dtype, device=s4.device)
+        return out.index_copy(self.lay.bdim + 1, self.bidx, s4)
+
+    def pm(self):
+        """``(z+, z-)``: values of vertices ``+v_p`` and ``-v_p`` (``P`` rows each, split
+        form), in the centre dtype."""
+        cd = self.c.dtype
+        P, b = self.ctx.P, self.lay.bdim + 2
+        a = self.a4().narrow(b, 0, P).to(cd)
+        base = self.c4()
+        sf = self.s_full4(cd)
+        if sf is not None:
+            base = base + sf.narrow(b, 0, P)
+        return base + a, base - a
 
     def vertices(self) -> torch.Tensor:
-        """The vertex values ``c + d`` (apparent shape), in the centre dtype."""
-        v = self.c4() + self.d4(full=True).to(self.c.dtype)
-        return _merge(v, self.lay.bdim)
+        """All ``2P`` vertex values ``c + s +- a`` (apparent shape), centre dtype."""
+        zp, zm = self.pm()
+        return merge(torch.cat([zp, zm], self.lay.bdim + 2), self.lay.bdim)
 
     def centre_rows(self, rows: int, dtype=None) -> torch.Tensor:
-        """The centre repeated for ``rows`` rows per point (layout of ``d``)."""
-        c = self.c4()
-        if dtype is not None:
-            c = c.to(dtype)
+        """The centre repeated ``rows`` times per point (merged form)."""
+        c = self.c4() if dtype is None else self.c4().to(dtype)
         shape = list(c.shape)
         shape[self.lay.bdim + 2] = rows
-        return _merge(c.expand(shape), self.lay.bdim)
+        return merge(c.expand(shape), self.lay.bdim)
 
     def per_point(self, t4: torch.Tensor) -> torch.Tensor:
-        """Reduce a bool ``(.., outer, N, rows, inner, ..)`` tensor to ``(N,)`` by ``any``."""
+        """Reduce a bool split-form tensor to ``(pts,)`` by ``any``."""
         b = self.lay.bdim + 1
-        return t4.movedim(b, 0).reshape(self.ctx.n, -1).any(1)
+        return t4.movedim(b, 0).reshape(t4.shape[b], -1).any(1)
 
-    @staticmethod
-    def dense_like(c: torch.Tensor, dv: torch.Tensor, layout: Layout, ctx: OffsetContext) -> "OffsetTensor":
-        """From a centre and ``2P``-row values/offsets already in layout form."""
-        return OffsetTensor(c, dv, layout, ctx)
+    def with_parts(self, c, a, s, layout=None) -> "OffsetTensor":
+        """A tensor with the same broken points and new parts."""
+        return OffsetTensor(c, a, s, self.bidx, layout or self.lay, self.ctx)
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
@@ -194,30 +212,60 @@ class OffsetTensor(torch.Tensor):
         return dispatch(func, args, kwargs or {})
 
 
+def from_pm(c4: torch.Tensor, op4: torch.Tensor, om4: torch.Tensor, layout: Layout, ctx: OffsetContext,
+            keep_a4=None) -> OffsetTensor:
+    """Every point broken: the offsets ``o+-`` (split form, ``P`` rows, any float dtype)
+    of vertices ``+-v_p`` from centre ``c4`` become ``a = (o+ - o-)/2``, ``s = (o+ + o-)/2``."""
+    b = layout.bdim
+    a = ((op4 - om4) * 0.5).to(ctx.dtype)
+    s = ((op4 + om4) * 0.5).to(ctx.dtype)
+    if ctx.R != ctx.P:  # P = 1: the row stored twice
+        a, s = torch.cat([a, a], b + 2), torch.cat([s, s], b + 2)
+    bidx = torch.arange(ctx.n, device=c4.device)
+    return OffsetTensor(merge(c4, b), merge(a, b), merge(s, b), bidx, layout, ctx)
+
+
 def lift(t: torch.Tensor, like: OffsetTensor, bdim: int) -> OffsetTensor:
     """A plain tensor that has the apparent batch size in dimension ``bdim`` (e.g. a
-    class token expanded to the batch): its rows must be equal within each point
-    (then zero offsets), else its differences to the point's first row are offsets."""
+    class token expanded to the batch): zero offsets when its rows are equal within each
+    point, else its differences to the point's first row."""
     ctx, lay = like.ctx, like.lay
     lay_t = Layout(bdim, lay.outer, lay.inner)
     if t.dim() <= bdim or t.shape[bdim] != lay.outer * ctx.n * 2 * ctx.P * lay.inner:
         raise OffsetsError(f"a constant of shape {tuple(t.shape)} meets the vertex batch in dimension {bdim}")
-    t4 = _split(t, lay_t, ctx.n, 2 * ctx.P)
+    t4 = split(t, lay_t, ctx.n, 2 * ctx.P).to(like.c.dtype)
     c4 = t4.narrow(bdim + 2, 0, 1)
-    c = _merge(c4, bdim).to(like.c.dtype)
     if bool((t4 == c4).all()):
-        rows = ctx.P if like.sym else 2 * ctx.P
         shape = list(c4.shape)
-        shape[bdim + 2] = rows
-        d = torch.zeros(shape, dtype=ctx.dtype, device=t.device)
-        return OffsetTensor(c, _merge(d, bdim), lay_t, ctx)
-    return OffsetTensor(c, _merge((t4 - c4).to(ctx.dtype), bdim), lay_t, ctx)
+        shape[bdim + 2] = ctx.R
+        a = torch.zeros(shape, dtype=ctx.dtype, device=t.device)
+        return OffsetTensor(merge(c4, bdim), merge(a, bdim), None, None, lay_t, ctx)
+    d = t4 - c4
+    return from_pm(c4, d.narrow(bdim + 2, 0, ctx.P), d.narrow(bdim + 2, ctx.P, ctx.P), lay_t, ctx)
+
+
+def align(xs: list) -> list:
+    """The tensors with a common set of broken points (the union; zeros added)."""
+    parts = [x for x in xs if isinstance(x, OffsetTensor)]
+    if all(x.bidx is None for x in parts) or (
+            len({None if x.bidx is None else tuple(x.bidx.tolist()) for x in parts}) == 1):
+        return xs
+    union = torch.unique(torch.cat([x.bidx for x in parts if x.bidx is not None]))
+    out = []
+    for x in xs:
+        if not isinstance(x, OffsetTensor):
+            out.append(x)
+            continue
+        b = x.lay.bdim + 1
+        shape = list(x.a4().shape)
+        shape[b] = union.numel()
+        s = torch.zeros(shape, dtype=x.a.dtype, device=x.a.device)
+        if x.bidx is not None:
+            s = s.index_copy(b, torch.searchsorted(union, x.bidx), x.s4())
+        out.append(OffsetTensor(x.c, x.a, merge(s, x.lay.bdim), union, x.lay, x.ctx))
+    return out
 
 
 def rows_per_point(ctx: OffsetContext) -> float:
-    """Mean rows per point and offset op, ``1 + R`` averaged over the ops run."""
+    """Mean rows per point and offset op (``1 + P`` antisymmetric, ``1 + 2P`` not)."""
     return ctx.row_work / ctx.ops if ctx.ops else 1.0 + ctx.P
-
-
-def numel_per_point(t: torch.Tensor, lay: Layout, n: int) -> int:
-    return t.numel() // max(1, n) if t.numel() else math.prod(t.shape) // max(1, n)
