@@ -28,10 +28,12 @@ from .tensor import Layout, OffsetTensor, OffsetsError, align, from_pm, merge, s
 aten = torch.ops.aten
 __all__ = ["piecewise", "crossing_counts", "scaled_counts", "max_pool", "product", "bilinear", "smooth", "fallback", "RULES"]
 
+#: aten op -> rule(func, args, kwargs); filled here and in :mod:`.rules`
 RULES: dict = {}
 
 
-def _rule(*ops):
+def rule(*ops):
+    """Register a rule for the given aten ops (``None`` entries are skipped)."""
     def deco(fn):
         for op in ops:
             if op is not None:
@@ -42,8 +44,10 @@ def _rule(*ops):
 
 def _antisym_bound(x: OffsetTensor) -> torch.Tensor:
     """``max_p |a_p|`` per neuron (split form, one row), centre dtype."""
-    mn, mx = torch.aminmax(x.a4(), dim=x.lay.bdim + 2, keepdim=True)  # one pass, no |a| temporary
-    return torch.maximum(mx, -mn).to(x.c.dtype)
+    # amax/amin, not aminmax nor |a|: on (1, 200, 25, 1, 200) float32, one CPU thread,
+    # 0.5 ms each against 38 ms (aminmax) and 11 ms (abs + amax), measured here
+    a4, b = x.a4(), x.lay.bdim + 2
+    return torch.maximum(a4.amax(b, keepdim=True), -a4.amin(b, keepdim=True)).to(x.c.dtype)
 
 
 def scaled_counts(x: OffsetTensor, scales) -> torch.Tensor:
@@ -78,10 +82,14 @@ def _bounds(x: OffsetTensor):
     return lo, hi, zb
 
 
+def crossed(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """The crossing rule on the min and max over the vertices (three-valued signs)."""
+    return ~((lo > 0) | (hi < 0) | ((lo == 0) & (hi == 0)))
+
+
 def _count(x: OffsetTensor, lo, hi) -> torch.Tensor:
-    crossed = ~((lo > 0) | (hi < 0) | ((lo == 0) & (hi == 0)))
     b = x.lay.bdim + 1
-    return crossed.movedim(b, 0).reshape(x.ctx.n, -1).sum(1)
+    return crossed(lo, hi).movedim(b, 0).reshape(x.ctx.n, -1).sum(1)
 
 
 def crossing_counts(x: OffsetTensor) -> torch.Tensor:
@@ -125,9 +133,9 @@ def piecewise(x: OffsetTensor, slope: float, count: bool = False):
             return OffsetTensor(c_out, merge(a4, lay.bdim), None, None, lay, ctx), counts
         old = x.bidx
     else:
-        crossed = x.per_point(~((lo > 0) | (hi < 0) | ((lo == 0) & (hi == 0))))
-        ctx.mark_break(bad & crossed, "crossing")
-        ctx.mark_break(bad & ~crossed, "centre_sign")
+        hit = x.per_point(crossed(lo, hi))
+        ctx.mark_break(bad & hit, "crossing")
+        ctx.mark_break(bad & ~hit, "centre_sign")
         old = x.bidx
     # broken points after this op: the old ones and the new ones
     new = torch.nonzero(bad).flatten().to(c4.device)
@@ -153,12 +161,12 @@ def piecewise(x: OffsetTensor, slope: float, count: bool = False):
     return OffsetTensor(c_out, merge(a4, lay.bdim), merge(s_new, lay.bdim), union, lay, ctx), counts
 
 
-@_rule(aten.relu.default)
+@rule(aten.relu.default)
 def _relu(func, args, kwargs):
     return piecewise(args[0], 0.0)[0]
 
 
-@_rule(aten.leaky_relu.default)
+@rule(aten.leaky_relu.default)
 def _leaky(func, args, kwargs):
     slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
     return piecewise(args[0], float(slope))[0]
@@ -171,7 +179,7 @@ for _k in (1, 2, 3):
         _MAX_POOLS[_op] = _k
 
 
-@_rule(*_MAX_POOLS)
+@rule(*_MAX_POOLS)
 def max_pool(func, args, kwargs):
     """Per-window rule for ``max_pool{1,2,3}d_with_indices`` (see module docstring)."""
     x = args[0]

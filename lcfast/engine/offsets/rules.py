@@ -11,23 +11,12 @@ from __future__ import annotations
 import torch
 
 from . import nonlinear as nl
+from .nonlinear import RULES, rule as _rule
 from .layout import align_binary, norm_dim, out_layout, view_sizes
 from .tensor import Layout, OffsetTensor, OffsetsError, align, lift
 
 aten = torch.ops.aten
 __all__ = ["dispatch", "RULES"]
-
-RULES: dict = {}
-
-
-def _rule(*ops):
-    def deco(fn):
-        for op in ops:
-            if op is not None:
-                RULES[op] = fn
-        return fn
-    return deco
-
 
 def _g(packet, overload):
     return getattr(getattr(aten, packet, None), overload, None)
@@ -449,4 +438,3 @@ def _dropout(func, args, kwargs):
     return x, torch.ones(x.shape, dtype=torch.bool, device=x.device)
 
 
-RULES.update(nl.RULES)

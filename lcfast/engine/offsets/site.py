@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ...sites import ActCall, SiteHandler, SiteInterceptor, SiteSpec
-from .nonlinear import crossing_counts, piecewise, scaled_counts
+from .nonlinear import crossed, crossing_counts, piecewise, scaled_counts
 from .tensor import OffsetTensor
 
 __all__ = ["OffsetsSiteHandler", "make_interceptor"]
@@ -27,8 +27,7 @@ def _plain_counts(pre: torch.Tensor, V: int) -> torch.Tensor:
     """Crossing counts of a site value that does not vary (a plain tensor)."""
     n = pre.shape[0] // V
     z = pre.reshape(n, V, -1)
-    mn, mx = z.amin(1), z.amax(1)
-    return (~((mn > 0) | (mx < 0) | ((mn == 0) & (mx == 0)))).sum(1)
+    return crossed(z.amin(1), z.amax(1)).sum(1)
 
 
 class OffsetsSiteHandler(SiteHandler):
