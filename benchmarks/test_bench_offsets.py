@@ -84,7 +84,7 @@ def _runner(method, model, x, dirs, r):
 def test_offsets_bench(benchmark, workload, method):
     model, x, r = WORKLOADS[workload]
     dirs = counter_frames(x.shape[1:], 25, 0, torch.arange(x.shape[0]))
-    bare = _median_time(_runner("bare", model, x, dirs, r))
+    bare = _median_time(_runner("bare", model, x, dirs, r), rounds=2)
     fn = _runner(method, model, x, dirs, r)
     out = fn()
     info = {"load_start": _load(), "bare_s": bare}
@@ -95,10 +95,22 @@ def test_offsets_bench(benchmark, workload, method):
                     rows_per_point=out.meta["rows_per_point"], antisymmetric_points=out.meta["antisymmetric_points"],
                     breaks=out.meta["breaks"])
     benchmark.group = workload
-    benchmark.pedantic(fn, rounds=3, iterations=1)
+    benchmark.pedantic(fn, rounds=2, iterations=1)
     info["ratio_vs_bare"] = benchmark.stats.stats.median / bare
     info["load_end"] = _load()
     benchmark.extra_info.update(info)
+
+
+@pytest.mark.parametrize("method", ["counter_frames", "neighborhood.random_frames"])
+def test_frames_bench(benchmark, method):
+    """1,000 x 25 x 784 per-point frames (issue target: <= 50 ms on the 2-core CPU)."""
+    from lcfast.neighborhood import random_frames
+    ids = torch.arange(200 if SMALL else 1000)
+    fn = counter_frames if method == "counter_frames" else random_frames
+    benchmark.group = "frames"
+    benchmark.extra_info["load_start"] = _load()
+    benchmark.pedantic(lambda: fn((784,), 25, 0, ids), rounds=3, iterations=1)
+    benchmark.extra_info["load_end"] = _load()
 
 
 # ---------------------------------------------------------------------------
