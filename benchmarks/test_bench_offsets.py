@@ -132,7 +132,7 @@ def accuracy_table(radii=(1e-4, 1e-3, 5e-3)) -> str:
     for name in CASES:
         model, x, dirs = _oracle(name)
         for r in radii:
-            ref = float64_oracle(model, x, radius=r, directions=dirs, rel_tol=1e-9).counts
+            ref = float64_oracle(model, x, radius=r, directions=dirs, dtype=torch.float64).counts
             cells = []
             for _, kind, dt in cols:
                 if kind == "off":

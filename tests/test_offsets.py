@@ -12,7 +12,7 @@ import zoo
 from lcfast.engine.offsets import OffsetsBackend, OffsetsError, offsets_local_complexity
 from lcfast.neighborhood import random_frames
 from lcfast.sites import SiteSpec
-from lcfast.testing import REL_TOL, assert_counts_match, float64_oracle
+from lcfast.testing import assert_counts_match, float64_oracle
 
 MODELS = {
     "mlp": (zoo.mlp, (20,)),
@@ -45,11 +45,12 @@ def _data(shape, n, P, seed=3):
     return x, random_frames(shape, P, seed, torch.arange(n))
 
 
-def _check(model, x, dirs, radius, dtype, rel_tol, max_fraction=0.01):
-    oracle = float64_oracle(model, x, radius=radius, directions=dirs, rel_tol=rel_tol)
+def _check(model, x, dirs, radius, dtype):
+    """The offsets engine against float64 with the tolerance rule of ``dtype``."""
+    oracle = float64_oracle(model, x, radius=radius, directions=dirs, dtype=dtype)
     res = offsets_local_complexity(model, x, radius=radius, directions=dirs, dtype=dtype)
     assert res.names == oracle.sites and torch.equal(torch.tensor(res.neurons), oracle.neurons)
-    assert_counts_match(res.counts, oracle, max_fraction=max_fraction)
+    assert_counts_match(res.counts, oracle)
     return res, oracle
 
 
@@ -61,11 +62,9 @@ def test_zoo_equals_float64(name, dtype):
     nz = 0
     for radius in ((1e-3, 0.5) if "resnet" in name else (1e-3, 0.05, 0.5)):
         x, dirs = _data(shape, 2 if "resnet" in name else 7, 5)
-        # functional_net: a ReLU's exact zeros feed its GELU site, all "ambiguous" (issue 9)
-        res, oracle = _check(model, x, dirs, radius, dtype, 1e-10 if dtype == torch.float64 else REL_TOL[dtype],
-                             max_fraction=0.2 if name == "functional_net" else 0.01)
+        res, oracle = _check(model, x, dirs, radius, dtype)
         if dtype == torch.float64:
-            assert torch.equal(res.counts, oracle.counts)  # no neuron within 1e-10 of zero here
+            assert torch.equal(res.counts, oracle.counts)  # no neuron within float64 rounding of zero here
         nz += int(oracle.counts.sum())
     assert nz > 0  # not vacuous
 
@@ -77,7 +76,7 @@ def test_torchvision_equals_float64(name):
     x, dirs = _data(shape, 2, 3)
     total = 0
     for radius in (1e-2, 0.3):
-        res, oracle = _check(model, x, dirs, radius, torch.float32, REL_TOL[torch.float32])
+        res, oracle = _check(model, x, dirs, radius, torch.float32)
         total += int(oracle.counts.sum())
     assert total > 0
 
@@ -128,7 +127,7 @@ def test_centre_sign_differs_from_all_vertices():
     x = torch.tensor([[-0.7518]], dtype=torch.float64)
     dirs = torch.tensor([[1.0]], dtype=torch.float64)
     res = offsets_local_complexity(model, x, radius=0.5, directions=dirs, dtype=torch.float64)
-    oracle = float64_oracle(model, x, radius=0.5, directions=dirs, rel_tol=1e-12)
+    oracle = float64_oracle(model, x, radius=0.5, directions=dirs, dtype=torch.float64)
     assert torch.equal(res.counts, oracle.counts) and res.counts.tolist() == [[0, 0]]
     from lcfast.engine.offsets.runner import input_tensor
     from lcfast.engine.offsets.tensor import OffsetContext
@@ -156,7 +155,7 @@ def test_backend_chunk_and_module_sites():
     spec = SiteSpec.resolve(model, [nn.Linear])
     with torch.no_grad():
         res = OffsetsBackend(torch.float64).run_chunk(model.double().eval(), x.double(), dirs.double(), 0.1, spec)
-    oracle = float64_oracle(model, x, radius=0.1, directions=dirs, sites=[nn.Linear], rel_tol=1e-10)
+    oracle = float64_oracle(model, x, radius=0.1, directions=dirs, sites=[nn.Linear], dtype=torch.float64)
     assert torch.equal(res.counts, oracle.counts)
 
 
@@ -165,7 +164,7 @@ def test_shared_directions_and_P1():
     x, _ = _data((3, 16, 16), 3, 1)
     for P in (1, 3):
         dirs = random_frames((3, 16, 16), P, 0, torch.arange(1))[0]
-        _check(model, x, dirs, 0.2, torch.float64, 1e-10)
+        _check(model, x, dirs, 0.2, torch.float64)
 
 
 def test_model_left_as_found():

@@ -97,7 +97,7 @@ def test_low_precision_offsets_match_float64(name):
     model, x, dirs = _oracle(name)
     seen = 0
     for r in RADII:
-        ref = float64_oracle(model, x, radius=r, directions=dirs, rel_tol=1e-9).counts
+        ref = float64_oracle(model, x, radius=r, directions=dirs, dtype=torch.float64).counts
         seen += int(ref.sum())
         for dtype in (torch.bfloat16, torch.float16):
             res = offsets_local_complexity(model, x, radius=r, directions=dirs, dtype=dtype)
@@ -113,7 +113,7 @@ def test_naive_low_precision_push_fails_the_same_check(name):
     model, x, dirs = _oracle(name)
     failures = 0
     for r in RADII:
-        ref = float64_oracle(model, x, radius=r, directions=dirs, rel_tol=1e-9).counts
+        ref = float64_oracle(model, x, radius=r, directions=dirs, dtype=torch.float64).counts
         naive = lcfast.local_complexity(model, x, radius=r, directions=dirs, backend="reference",
                                         dtype=torch.bfloat16)
         failures += within(naive.counts, ref) is not None
@@ -136,7 +136,7 @@ def test_several_radii_in_one_pass(name):
     assert sum(m.meta["scaled_points"] for m in many) > 0  # the one-pass path was used
     seen = 0
     for r, res in zip(radii, many):
-        oracle = float64_oracle(model, x, radius=r, directions=dirs, rel_tol=1e-9)
+        oracle = float64_oracle(model, x, radius=r, directions=dirs, dtype=torch.float64)
         assert torch.equal(res.counts, oracle.counts)
         seen += int(oracle.counts.sum())
     assert seen > 0

@@ -1,6 +1,6 @@
 """The one adapter between the site interceptor and the offsets engine.
 
-The interceptor (today :class:`lcfast.sites.SiteInterceptor`) decides what a site is
+The interceptor (:class:`lcfast.engine.intercept.SiteInterceptor`) decides what a site is
 and names it; at a site it hands this handler the raw site argument, here an
 :class:`~.tensor.OffsetTensor`.  The handler tests the crossing rule on ``c + d``
 (three-valued signs over the ``2P`` vertices) and, for ReLU/LeakyReLU, returns the
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from ...sites import ActCall, SiteHandler, SiteInterceptor, SiteSpec
+from ...sites import SiteSpec
+from ..intercept import ActCall, Site, SiteHandler, SiteInterceptor
 from .nonlinear import crossed, crossing_counts, piecewise, scaled_counts
 from .tensor import OffsetTensor
 
@@ -63,14 +64,20 @@ class OffsetsSiteHandler(SiteHandler):
         counts = crossing_counts(pre)
         return (call.run() if call is not None else None), counts
 
-    # -- the interceptor's current protocol (lcfast.sites) ----------------------
+    # -- the interception protocol (lcfast.engine.intercept) -----------------------
+    def batch_dim(self, value, rows: int):
+        """An offset tensor says where its batch is (tracked by provenance); a plain
+        tensor at a site does not vary with the input, and is counted by the default."""
+        if isinstance(value, OffsetTensor):
+            return value.lay.bdim
+        return super().batch_dim(value, rows)
+
     def count(self, pre, V):
         return self.site(pre, V, None)[1]
 
-    def count_act(self, pre, V, call):
-        out, counts = self.site(pre, V, call)
-        self.record(counts)
-        return out
+    def handle(self, site: Site, call: ActCall | None):
+        out, counts = self.site(site.value, site.V, call)
+        return (site.value if call is None else out), counts
 
 
 def make_interceptor(model, spec: SiteSpec, rows: int, V: int, handler=None) -> SiteInterceptor:
