@@ -15,6 +15,7 @@ BACKENDS = {
     "reference": "lcfast.engine.reference:ReferenceBackend",
     "native": "lcfast.engine.native:NativeBackend",
     "triton": "lcfast.engine.triton:TritonBackend",
+    "offsets": "lcfast.engine.offsets:OffsetsBackend",
 }
 
 

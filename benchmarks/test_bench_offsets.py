@@ -1,0 +1,155 @@
+"""Offsets engine against the bare forward of the vertex batch and the reference backend
+(issue 10 workloads), and the low-precision accuracy table.
+
+Timing (pytest-benchmark; each method's ratio to the bare float32 forward of the same
+``N * 2P`` vertices, measured in the same test, is in ``extra_info``)::
+
+    pytest benchmarks/test_bench_offsets.py --benchmark-only --benchmark-json=out.json
+
+``LCFAST_OFFSETS_BENCH=small`` shrinks the workloads (200 MLP points, ResNet18 at
+112x112) for a loaded machine.  Accuracy table (model x radius x dtype, LC and error
+against float64)::
+
+    python benchmarks/test_bench_offsets.py --accuracy
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import lcfast  # noqa: E402
+import zoo  # noqa: E402
+from lcfast.engine.offsets import offsets_local_complexity  # noqa: E402
+from lcfast.frames import counter_frames  # noqa: E402
+from lcfast.neighborhood import vertices  # noqa: E402
+
+SMALL = os.environ.get("LCFAST_OFFSETS_BENCH") == "small"
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def _workloads():
+    n_mlp, hw = (200, 112) if SMALL else (1000, 224)
+    g = torch.Generator().manual_seed(0)
+    mlp = zoo.mlp(784, 200, 4, 10)
+    xm = torch.rand(n_mlp, 784, generator=g)
+    r18 = zoo.resnet18(n_cls=1000)
+    xr = torch.randn(2, 3, hw, hw, generator=g)
+    return {
+        "mlp-784-200x4-10": (mlp, xm, 0.005),
+        f"resnet18-{hw}-r1e-4": (r18, xr, 1e-4),
+        f"resnet18-{hw}-r5e-3": (r18, xr, 5e-3),
+    }
+
+
+WORKLOADS = _workloads()
+METHODS = ("bare", "reference", "offsets-f32", "offsets-bf16")
+
+
+def _median_time(fn, rounds=3) -> float:
+    ts = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def _runner(method, model, x, dirs, r):
+    model.eval()
+    if method == "bare":
+        def run():
+            with torch.no_grad():
+                model(vertices(x, dirs, r))
+        return run
+    if method == "reference":
+        return lambda: lcfast.local_complexity(model, x, radius=r, directions=dirs, backend="reference")
+    dtype = torch.float32 if method == "offsets-f32" else torch.bfloat16
+    return lambda: offsets_local_complexity(model, x, radius=r, directions=dirs, dtype=dtype)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+def test_offsets_bench(benchmark, workload, method):
+    model, x, r = WORKLOADS[workload]
+    dirs = counter_frames(x.shape[1:], 25, 0, torch.arange(x.shape[0]))
+    bare = _median_time(_runner("bare", model, x, dirs, r), rounds=2)
+    fn = _runner(method, model, x, dirs, r)
+    out = fn()
+    info = {"load_start": _load(), "bare_s": bare}
+    if method.startswith("offsets"):
+        ref = lcfast.local_complexity(model, x, radius=r, directions=dirs, backend="reference")
+        info.update(total=int(out.counts.sum()), reference_total=int(ref.counts.sum()),
+                    equal_to_reference=bool(torch.equal(out.counts, ref.counts)),
+                    rows_per_point=out.meta["rows_per_point"], antisymmetric_points=out.meta["antisymmetric_points"],
+                    breaks=out.meta["breaks"])
+    benchmark.group = workload
+    benchmark.pedantic(fn, rounds=2, iterations=1)
+    info["ratio_vs_bare"] = benchmark.stats.stats.median / bare
+    info["load_end"] = _load()
+    benchmark.extra_info.update(info)
+
+
+@pytest.mark.parametrize("method", ["counter_frames", "neighborhood.random_frames"])
+def test_frames_bench(benchmark, method):
+    """1,000 x 25 x 784 per-point frames (issue target: <= 50 ms on the 2-core CPU)."""
+    from lcfast.neighborhood import random_frames
+    ids = torch.arange(200 if SMALL else 1000)
+    fn = counter_frames if method == "counter_frames" else random_frames
+    benchmark.group = "frames"
+    benchmark.extra_info["load_start"] = _load()
+    benchmark.pedantic(lambda: fn((784,), 25, 0, ids), rounds=3, iterations=1)
+    benchmark.extra_info["load_end"] = _load()
+
+
+# ---------------------------------------------------------------------------
+# accuracy table
+# ---------------------------------------------------------------------------
+
+
+def accuracy_table(radii=(1e-4, 1e-3, 5e-3)) -> str:
+    """Markdown table: total LC of float64, and per offsets dtype / naive push the total
+    and its error against float64 (on the models of tests/test_offsets_lowp.py)."""
+    from lcfast.testing import float64_oracle
+    from test_offsets_lowp import CASES, _oracle, within
+
+    cols = [("offsets f32", "off", torch.float32), ("offsets bf16", "off", torch.bfloat16),
+            ("offsets f16", "off", torch.float16), ("naive f32", "ref", torch.float32),
+            ("naive bf16", "ref", torch.bfloat16)]
+    lines = ["| model | r | float64 | " + " | ".join(c[0] for c in cols) + " |",
+             "|---|---|---|" + "---|" * len(cols)]
+    for name in CASES:
+        model, x, dirs = _oracle(name)
+        for r in radii:
+            ref = float64_oracle(model, x, radius=r, directions=dirs, dtype=torch.float64).counts
+            cells = []
+            for _, kind, dt in cols:
+                if kind == "off":
+                    got = offsets_local_complexity(model, x, radius=r, directions=dirs, dtype=dt).counts
+                else:
+                    got = lcfast.local_complexity(model, x, radius=r, directions=dirs, backend="reference",
+                                                  dtype=dt).counts
+                ok = within(got, ref) is None
+                cells.append(f"{int(got.sum())} ({int(got.sum()) - int(ref.sum()):+d}{'' if ok else ', FAIL'})")
+            lines.append(f"| {name} (N={x.shape[0]}, P={dirs.shape[1]}) | {r:g} | {int(ref.sum())} | "
+                         + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if "--accuracy" in sys.argv:
+        print(f"load at start: {_load()}")
+        print(accuracy_table())
+        print(f"load at end: {_load()}")

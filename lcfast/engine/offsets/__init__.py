@@ -1,0 +1,37 @@
+"""Centre + offsets engine (issue 10): LC by propagating, per point, the centre and the
+offsets of its ``2P`` vertices, through the model's own unmodified ``forward``.
+
+Design, and why:
+
+* **An aten-level tensor subclass** (:class:`~.tensor.OffsetTensor`,
+  ``__torch_dispatch__``), not a ``TorchFunctionMode`` nor FX.  It presents itself as the
+  vertex batch (so ``x.view(x.size(0), -1)``, ``torch._assert(h == 224)`` and the like
+  work unchanged), and at the aten level the op set is small and stable (``F.linear``,
+  ``nn.MultiheadAttention``, ``F.adaptive_avg_pool2d``, ``flatten`` ... decompose into
+  ``addmm``/``mm``/``view``/``mean``/``_softmax`` ...), so ~100 rules cover the zoo,
+  torchvision ResNets and ViTs.  FX would fail on data-dependent Python in ``forward``;
+  a function mode sees hundreds of Python-level spellings.  Sites stay with the
+  interceptor (a function mode), which hands the subclass to :mod:`.site`.
+* **Where the batch is** is tracked by provenance (:class:`~.tensor.Layout`), also
+  through batch merges (``view(L * B, E)``, ``view(L, B * heads, e)``); an op whose
+  output layout cannot be derived raises :class:`OffsetsError`.
+* **Per-point antisymmetry**: every point carries ``a`` (``P`` rows, vertex ``+-v_p``
+  = ``c + s_p +- a_p``); only points that broke (a crossed or centre-sign-mixed ReLU
+  neuron, a max-pool argmax switch, a smooth op, a product) carry ``s`` (``P`` more
+  rows).  Linear ops act on ``a`` and ``s`` without the bias; the crossing test of an
+  antisymmetric point needs only ``max_p |a_p|`` (``c -+ M``).  ``LCResult.meta``-ready
+  figures are in ``OffsetsChunkResult.meta`` (``rows_per_point`` etc.).
+* **Precision**: ``c`` in float32/float64, ``a``/``s`` in the compute dtype (bf16,
+  fp16, fp32, fp64); nonlinear rules evaluate ``f(c + d) - f(c)`` in the centre dtype
+  and keep exact cases exact (ReLU both sides, max-pool argmax unchanged).
+
+Modules: :mod:`.tensor` (representation), :mod:`.layout` (batch tracking),
+:mod:`.rules` (structural and linear ops), :mod:`.nonlinear` (ReLU, max pool,
+products, general rule, verified fallback), :mod:`.site` (the interceptor adapter),
+:mod:`.runner` (entry points and :class:`OffsetsBackend`).
+"""
+from .runner import OffsetsBackend, OffsetsChunkResult, offsets_local_complexity, run_offsets, run_offsets_radii
+from .tensor import Layout, OffsetContext, OffsetTensor, OffsetsError
+
+__all__ = ["OffsetsBackend", "OffsetsChunkResult", "offsets_local_complexity", "run_offsets", "run_offsets_radii",
+           "Layout", "OffsetContext", "OffsetTensor", "OffsetsError"]

@@ -1,0 +1,188 @@
+"""Entry points of the offsets engine: one chunk, and a :class:`Backend`."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ...sites import SiteSpec
+from ..base import Backend, ChunkResult, model_device, model_guard, _model_dtype
+from .site import OffsetsSiteHandler, make_interceptor
+from .tensor import Layout, OffsetContext, OffsetTensor, rows_per_point
+
+__all__ = ["OffsetsBackend", "OffsetsChunkResult", "offsets_local_complexity", "run_offsets", "run_offsets_radii"]
+
+OFFSET_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+class OffsetsChunkResult(ChunkResult):
+    """:class:`ChunkResult` plus ``meta``: rows per point and where antisymmetry broke."""
+
+    __slots__ = ("meta",)
+
+    def __init__(self, counts, names, neurons, meta):
+        super().__init__(counts, names, neurons)
+        self.meta = meta
+
+
+def input_tensor(x: torch.Tensor, directions: torch.Tensor, radius: float, dtype: torch.dtype,
+                 ctx: OffsetContext) -> OffsetTensor:
+    """The model's input as centre ``x`` and antisymmetric offsets ``r v_p`` (the one row
+    stored twice when ``P = 1``)."""
+    n = x.shape[0]
+    S = x.shape[1:]
+    if directions.dim() == x.dim():  # shared (P, *S)
+        directions = directions.unsqueeze(0).expand(n, *directions.shape)
+    rd = (directions.to(x.dtype) * radius).to(dtype)
+    if ctx.R != ctx.P:
+        rd = torch.cat([rd, rd], 1)
+    return OffsetTensor(x, rd.reshape(-1, *S), None, None, Layout(0), ctx)
+
+
+def run_offsets(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, radius: float, spec: SiteSpec,
+                dtype: torch.dtype, handler: OffsetsSiteHandler | None = None) -> OffsetsChunkResult:
+    """One chunk through a prepared model (eval mode, no grad, centre dtype = model's).
+
+    Args:
+        model: the model, as measured (its dtype is the centre dtype).
+        x: ``(n, *S)`` centres, in the model's dtype.
+        directions: ``(n, P, *S)`` or ``(P, *S)``.
+        radius: ``r``.
+        spec: resolved sites.
+        dtype: offsets dtype.
+        handler: the site handler (default: a plain :class:`OffsetsSiteHandler`).
+
+    Returns:
+        :class:`OffsetsChunkResult`, counts ``(n, L)``.
+    """
+    n = x.shape[0]
+    P = directions.shape[-x.dim()]
+    ctx = OffsetContext(n, P, dtype)
+    icpt = make_interceptor(model, spec, n * 2 * P, 2 * P, handler)
+    with icpt:
+        model(input_tensor(x, directions, radius, dtype, ctx))
+    res = ChunkResult.of(icpt, n)
+    antisym = ctx.first_break < 0
+    meta = dict(
+        offsets_dtype=str(dtype).replace("torch.", ""),
+        centre_dtype=str(x.dtype).replace("torch.", ""),
+        rows_per_point=rows_per_point(ctx),
+        vertex_rows_per_point=2 * P,
+        antisymmetric_points=int(antisym.sum()),
+        breaks=dict(ctx.breaks),
+        first_break_op=ctx.first_break.tolist(),
+        offset_ops=ctx.ops,
+    )
+    return OffsetsChunkResult(res.counts, res.names, res.neurons, meta)
+
+
+def run_offsets_radii(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, radii, spec: SiteSpec,
+                      dtype: torch.dtype) -> list[OffsetsChunkResult]:
+    """Several radii from one propagation where antisymmetry allows (issue 10, item 4).
+
+    One pass at ``r0 = max(radii)``.  A point that stays antisymmetric through every
+    site there stays so at every smaller radius (the keep tests and max-pool argmax
+    tests are monotone in the offsets' scale), and its vertex values at radius ``r``
+    are ``c +- (r / r0) a``: its counts follow from the same pass.  The other points
+    are measured again at each smaller radius.
+
+    Returns:
+        one :class:`OffsetsChunkResult` per radius, in the order given; ``meta`` says how
+        many points were derived (``scaled_points``) and how many rerun.
+    """
+    radii = [float(r) for r in radii]
+    r0 = max(radii)
+    handler = OffsetsSiteHandler(scales=[r / r0 for r in radii])
+    base = run_offsets(model, x, directions, r0, spec, dtype, handler)
+    n = x.shape[0]
+    scaled = torch.stack(handler.scaled, 1) if handler.scaled else torch.zeros(n, 0, len(radii), dtype=torch.long)
+    redo = torch.zeros(n, dtype=torch.bool, device=scaled.device)
+    for b in handler.broken:
+        if b is not None:
+            redo[b] = True
+    idx = torch.nonzero(redo).flatten()
+    out = []
+    for k, r in enumerate(radii):
+        if r == r0:
+            counts = base.counts
+        else:
+            counts = scaled[:, :, k].clone()
+            if idx.numel():
+                d = directions if directions.dim() == x.dim() else directions[idx]
+                counts[idx] = run_offsets(model, x[idx], d, r, spec, dtype).counts
+        meta = dict(base.meta, radius=r, scaled_points=int(n - idx.numel()) if r != r0 else 0,
+                    rerun_points=int(idx.numel()) if r != r0 else 0)
+        out.append(OffsetsChunkResult(counts, base.names, base.neurons, meta))
+    return out
+
+
+def offsets_local_complexity(model: nn.Module, x: torch.Tensor, *, radius, directions: torch.Tensor,
+                             dtype: torch.dtype | None = None, centre_dtype: torch.dtype | None = None,
+                             sites="activations"):
+    """Crossing counts of ``n`` points by centre + offsets propagation.
+
+    The model's own ``forward`` runs once on an :class:`OffsetTensor` holding the
+    centres in ``centre_dtype`` and the vertex offsets in ``dtype``.  The model is left
+    as found (eval mode and no grad during the call, flags restored).
+
+    Args:
+        model: any ``nn.Module``.
+        x: ``(n, *S)`` points.
+        radius: ``r > 0``, or a list of radii (then a list of results, one per radius,
+            from one propagation where antisymmetry allows: :func:`run_offsets_radii`).
+        directions: ``(P, *S)`` shared or ``(n, P, *S)`` per point.
+        dtype: offsets dtype (default: the model's); float64/32, bfloat16, float16.
+        centre_dtype: centre dtype (default: float64 when ``dtype`` is float64, else
+            float32); the model runs in it (a cast copy if it differs).
+        sites: as :func:`lcfast.local_complexity`.
+
+    Returns:
+        :class:`OffsetsChunkResult`: ``counts`` ``(n, L)``, ``names``, ``neurons``, ``meta``
+        (``rows_per_point``: mean ``1 + R`` over the offset ops, against ``2P`` for the
+        vertex push; ``antisymmetric_points``; ``breaks``: points per reason).
+
+    Example:
+        >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> res = offsets_local_complexity(mlp, torch.randn(3, 4), radius=0.1, directions=torch.eye(4)[:2])
+        >>> res.counts.shape
+        torch.Size([3, 1])
+    """
+    many = isinstance(radius, (list, tuple))
+    for r in (radius if many else [radius]):
+        if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r <= 0:
+            raise ValueError(f"radius must be a finite number > 0 (or a non-empty list of them), got {radius!r}")
+    if many and not radius:
+        raise ValueError("radius must be a finite number > 0 (or a non-empty list of them), got []")
+    dtype = dtype or _model_dtype(model)
+    if dtype not in OFFSET_DTYPES:
+        raise TypeError(f"dtype must be one of {OFFSET_DTYPES}, got {dtype!r}")
+    centre_dtype = centre_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
+    if centre_dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"centre_dtype must be float32 or float64, got {centre_dtype!r}")
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        raise ValueError("x must be a tensor of shape (n, *S)")
+    if not isinstance(directions, torch.Tensor) or directions.shape[-(x.dim() - 1):] != x.shape[1:] \
+            or directions.dim() not in (x.dim(), x.dim() + 1) \
+            or (directions.dim() == x.dim() + 1 and directions.shape[0] != x.shape[0]):
+        raise ValueError(f"directions must have shape (P, *S) or (n, P, *S) for x of shape {tuple(x.shape)}")
+    spec = SiteSpec.resolve(model, sites)
+    device = model_device(model, x.device)
+    with model_guard(model, device, centre_dtype) as m:
+        xc, dirs = x.to(device=device, dtype=centre_dtype), directions.to(device)
+        if many:
+            return run_offsets_radii(m, xc, dirs, radius, spec, dtype)
+        return run_offsets(m, xc, dirs, float(radius), spec, dtype)
+
+
+class OffsetsBackend(Backend):
+    """Backend ``"offsets"``: centre in the model's dtype, offsets in ``dtype``
+    (default: the model's)."""
+
+    name = "offsets"
+
+    def __init__(self, dtype: torch.dtype | None = None):
+        self.dtype = dtype
+
+    def run_chunk(self, model, x, directions, radius, spec):
+        return run_offsets(model, x, directions, radius, spec, self.dtype or x.dtype)

@@ -1,0 +1,222 @@
+"""The centre + offsets engine against the float64 vertex push (lcfast.testing's oracle):
+the zoo models, torchvision resnet18 / resnet50 / vit_b_16 (small inputs), float64 and
+float32 offsets; the antisymmetric breaks; bad input; the model left as found."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import zoo
+from lcfast.engine.offsets import OffsetsBackend, OffsetsError, offsets_local_complexity
+from lcfast.neighborhood import random_frames
+from lcfast.sites import SiteSpec
+from lcfast.testing import assert_counts_match, float64_oracle
+
+MODELS = {
+    "mlp": (zoo.mlp, (20,)),
+    "mlp_leaky": (lambda: zoo.mlp(act=lambda: nn.LeakyReLU(0.2)), (20,)),
+    "mlp_gelu": (lambda: zoo.mlp(act=nn.GELU), (20,)),
+    "cnn": (zoo.cnn, (3, 16, 16)),
+    "functional_net": (zoo.functional_net, (10,)),
+    "resnet18": (zoo.resnet18, (3, 32, 32)),
+    "small_vit": (zoo.small_vit, (3, 32, 32)),
+}
+
+
+def _tv(name):
+    def make():
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            if name == "vit_b_16":
+                return torchvision.models.vit_b_16(image_size=32, num_classes=10)
+            return zoo.randomize_bn(getattr(torchvision.models, name)(num_classes=10))
+    return make
+
+
+TORCHVISION = {"tv_resnet18": (_tv("resnet18"), (3, 32, 32)), "tv_resnet50": (_tv("resnet50"), (3, 32, 32)),
+               "tv_vit_b_16": (_tv("vit_b_16"), (3, 32, 32))}
+
+
+def _data(shape, n, P, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g)
+    return x, random_frames(shape, P, seed, torch.arange(n))
+
+
+def _check(model, x, dirs, radius, dtype):
+    """The offsets engine against float64 with the tolerance rule of ``dtype``."""
+    oracle = float64_oracle(model, x, radius=radius, directions=dirs, dtype=dtype)
+    res = offsets_local_complexity(model, x, radius=radius, directions=dirs, dtype=dtype)
+    assert res.names == oracle.sites and torch.equal(torch.tensor(res.neurons), oracle.neurons)
+    assert_counts_match(res.counts, oracle)
+    return res, oracle
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_zoo_equals_float64(name, dtype):
+    make, shape = MODELS[name]
+    model = make()
+    nz = 0
+    for radius in ((1e-3, 0.5) if "resnet" in name else (1e-3, 0.05, 0.5)):
+        x, dirs = _data(shape, 2 if "resnet" in name else 7, 5)
+        res, oracle = _check(model, x, dirs, radius, dtype)
+        if dtype == torch.float64:
+            assert torch.equal(res.counts, oracle.counts)  # no neuron within float64 rounding of zero here
+        nz += int(oracle.counts.sum())
+    assert nz > 0  # not vacuous
+
+
+@pytest.mark.parametrize("name", list(TORCHVISION))
+def test_torchvision_equals_float64(name):
+    make, shape = TORCHVISION[name]
+    model = make()
+    x, dirs = _data(shape, 2, 3)
+    total = 0
+    for radius in (1e-2, 0.3):
+        res, oracle = _check(model, x, dirs, radius, torch.float32)
+        total += int(oracle.counts.sum())
+    assert total > 0
+
+
+def test_rows_per_point_antisymmetric_mlp():
+    """No crossing: every op carries P offset rows (1 + P rows per point)."""
+    model = zoo.mlp()
+    x, dirs = _data((20,), 4, 6)
+    res = offsets_local_complexity(model, x, radius=1e-6, directions=dirs, dtype=torch.float64)
+    assert res.counts.sum() == 0
+    assert res.meta["rows_per_point"] == 1 + 6
+    assert res.meta["antisymmetric_points"] == 4 and res.meta["breaks"] == {}
+    # a large radius crosses neurons: dense afterwards, the break recorded per point
+    res = offsets_local_complexity(model, x, radius=5.0, directions=dirs, dtype=torch.float64)
+    assert res.meta["breaks"].get("crossing", 0) == 4 and res.meta["antisymmetric_points"] == 0
+    assert 1 + 6 < res.meta["rows_per_point"] <= 1 + 12
+
+
+def test_argmax_switch_breaks_antisymmetry():
+    """A max-pool window whose argmax at a vertex differs from the centre's, with no
+    crossing anywhere: antisymmetry breaks there and the pooled values stay exact."""
+    pool = nn.Sequential(nn.MaxPool1d(2), nn.ReLU())
+    x = torch.tensor([[[1.0, 0.999, 3.0, 2.0]]], dtype=torch.float64)
+    dirs = torch.tensor([[[0.0, 1.0, 0.0, 0.0]], [[0.0, 0.0, 1.0, 0.0]]], dtype=torch.float64)
+    res = offsets_local_complexity(pool, x, radius=0.01, directions=dirs, dtype=torch.float64)
+    assert res.meta["breaks"] == {"argmax": 1}
+    assert res.counts.tolist() == [[0]]
+    # values of every vertex equal the vertex push
+    from lcfast.engine.offsets.runner import input_tensor
+    from lcfast.engine.offsets.tensor import OffsetContext
+    ctx = OffsetContext(1, 2, torch.float64)
+    with torch.no_grad():
+        out = pool(input_tensor(x, dirs, 0.01, torch.float64, ctx))
+        v = torch.cat([x + 0.01 * dirs, x - 0.01 * dirs])
+        assert torch.allclose(out.vertices(), pool(v), rtol=0, atol=1e-15)
+    assert out.s is not None and out.bidx.tolist() == [0]  # broken: a symmetric part
+
+
+def test_centre_sign_differs_from_all_vertices():
+    """The centre's sign differs from the common sign of all its vertices (no crossing):
+    the centre is not the midpoint after a GELU at its minimum.  ReLU must take
+    ``relu(z) - relu(c)`` there, not the case split of the centre."""
+    lin = nn.Linear(1, 1).double()
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+        lin.bias.fill_(0.1699)  # GELU's minimum is about -0.16997 at -0.7518
+    model = nn.Sequential(nn.GELU(), lin, nn.ReLU())
+    x = torch.tensor([[-0.7518]], dtype=torch.float64)
+    dirs = torch.tensor([[1.0]], dtype=torch.float64)
+    res = offsets_local_complexity(model, x, radius=0.5, directions=dirs, dtype=torch.float64)
+    oracle = float64_oracle(model, x, radius=0.5, directions=dirs, dtype=torch.float64)
+    assert torch.equal(res.counts, oracle.counts) and res.counts.tolist() == [[0, 0]]
+    from lcfast.engine.offsets.runner import input_tensor
+    from lcfast.engine.offsets.tensor import OffsetContext
+    with torch.no_grad():
+        pre = model[1](model[0](input_tensor(x, dirs, 0.5, torch.float64, OffsetContext(1, 1, torch.float64))))
+        assert bool((pre.c < 0).all()) and bool((pre.vertices() > 0).all())  # the situation under test
+        out = model[2](pre)
+        v = torch.cat([x + 0.5 * dirs[0], x - 0.5 * dirs[0]])
+        assert torch.allclose(out.vertices(), model(v), rtol=0, atol=1e-15)
+
+
+def test_antisymmetric_centre_is_the_midpoint():
+    """While antisymmetric, a centre-sign flip cannot happen: the centre is exactly the
+    midpoint of each vertex pair (rounding is monotone), so only crossings break it at a
+    ReLU.  Checked on a leaky MLP where every point keeps antisymmetry to the end."""
+    model = zoo.mlp(act=lambda: nn.LeakyReLU(0.1))
+    x, dirs = _data((20,), 5, 4)
+    res = offsets_local_complexity(model, x, radius=1e-5, directions=dirs, dtype=torch.float32)
+    assert res.counts.sum() == 0 and res.meta["antisymmetric_points"] == 5
+
+
+def test_backend_chunk_and_module_sites():
+    model = zoo.mlp()
+    x, dirs = _data((20,), 6, 5)
+    spec = SiteSpec.resolve(model, [nn.Linear])
+    with torch.no_grad():
+        res = OffsetsBackend(torch.float64).run_chunk(model.double().eval(), x.double(), dirs.double(), 0.1, spec)
+    oracle = float64_oracle(model, x, radius=0.1, directions=dirs, sites=[nn.Linear], dtype=torch.float64)
+    assert torch.equal(res.counts, oracle.counts)
+
+
+def test_shared_directions_and_P1():
+    model = zoo.cnn()
+    x, _ = _data((3, 16, 16), 3, 1)
+    for P in (1, 3):
+        dirs = random_frames((3, 16, 16), P, 0, torch.arange(1))[0]
+        _check(model, x, dirs, 0.2, torch.float64)
+
+
+def test_model_left_as_found():
+    model = zoo.cnn().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, dirs = _data((3, 16, 16), 2, 3)
+    offsets_local_complexity(model, x, radius=0.1, directions=dirs, dtype=torch.bfloat16)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_bad_input():
+    model = zoo.mlp()
+    x, dirs = _data((20,), 2, 3)
+    with pytest.raises(ValueError, match="radius"):
+        offsets_local_complexity(model, x, radius=0.0, directions=dirs)
+    with pytest.raises(ValueError, match="directions"):
+        offsets_local_complexity(model, x, radius=0.1, directions=dirs[:, :, :5])
+    with pytest.raises(TypeError, match="dtype"):
+        offsets_local_complexity(model, x, radius=0.1, directions=dirs, dtype=torch.int32)
+
+
+class _MixesBatch(nn.Module):
+    def forward(self, x):
+        return torch.relu(x.cumsum(0))
+
+
+class _SumsBatch(nn.Module):
+    def forward(self, x):
+        return torch.relu(x - x.sum(0, keepdim=True))
+
+
+@pytest.mark.parametrize("model", [_MixesBatch(), _SumsBatch()])
+def test_ops_mixing_vertices_raise(model):
+    """An op that mixes the vertices of a point is never silently wrong."""
+    x, dirs = _data((4,), 2, 2)
+    with pytest.raises(OffsetsError):
+        offsets_local_complexity(model, x, radius=0.1, directions=dirs)
+
+
+class _Unknown(nn.Module):
+    """``torch.cumsum`` along features has no rule: the verified general fallback."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return torch.relu(self.lin(x).cumsum(1) * 0.5)
+
+
+def test_unknown_op_general_fallback():
+    model = _Unknown()
+    x, dirs = _data((6,), 4, 3)
+    _check(model, x, dirs, 0.3, torch.float64)

@@ -1,0 +1,160 @@
+"""Property tests: every offset rule against ``f(vertices)`` in float64.
+
+An :class:`OffsetTensor` with random centres and offsets (antisymmetric or dense, any
+scale) goes through one op; the vertex values of the result (``c + d``) must equal the
+op applied to the input's vertex values, computed directly in float64.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from lcfast.engine.offsets.nonlinear import crossing_counts
+from lcfast.engine.offsets.tensor import Layout, OffsetContext, OffsetTensor
+from lcfast.engine.reference import crossing_counts as reference_counts
+
+SET = settings(max_examples=20, deadline=None)
+
+
+@st.composite
+def cases(draw):
+    return dict(n=draw(st.integers(1, 3)), P=draw(st.integers(1, 4)), sym=draw(st.booleans()),
+                scale=draw(st.sampled_from([1e-6, 1e-3, 0.1, 1.0, 10.0])), seed=draw(st.integers(0, 2**31 - 1)))
+
+
+def make(case, feat, ctx=None, seed_offset=0):
+    """Random ``OffsetTensor`` with ``N`` points of shape ``feat`` (float64)."""
+    g = torch.Generator().manual_seed(case["seed"] + seed_offset)
+    n, P = case["n"], case["P"]
+    ctx = ctx or OffsetContext(n, P, torch.float64)
+    R = ctx.R
+    c = torch.randn(n, *feat, generator=g, dtype=torch.float64)
+    a = torch.randn(n, P, *feat, generator=g, dtype=torch.float64) * case["scale"]
+    a = torch.cat([a, a], 1) if R != P else a  # P = 1: the row is stored twice
+    s = bidx = None
+    if not case["sym"]:  # a random nonempty subset of broken points with a symmetric part
+        bidx = torch.nonzero(torch.rand(n, generator=g) < 0.6).flatten()
+        bidx = bidx if bidx.numel() else torch.tensor([n - 1])
+        s = torch.randn(bidx.numel(), P, *feat, generator=g, dtype=torch.float64) * case["scale"]
+        s = (torch.cat([s, s], 1) if R != P else s).reshape(-1, *feat)
+    return OffsetTensor(c, a.reshape(-1, *feat), s, bidx, Layout(0), ctx)
+
+
+def close(out, expect):
+    got = out.vertices() if isinstance(out, OffsetTensor) else out
+    assert got.shape == expect.shape
+    tol = 1e-12 * (1 + expect.abs().max())
+    assert torch.allclose(got, expect, rtol=0, atol=float(tol)), float((got - expect).abs().max())
+
+
+def check_unary(case, feat, fn):
+    x = make(case, feat)
+    with torch.no_grad():
+        close(fn(x), fn(x.vertices()))
+    return x
+
+
+@SET
+@given(cases())
+def test_linear(case):
+    g = torch.Generator().manual_seed(1)
+    w, b = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randn(7, generator=g, dtype=torch.float64)
+    x = make(case, (5,))
+    with torch.no_grad():
+        out = F.linear(x, w, b)
+        close(out, F.linear(x.vertices(), w, b))
+    assert (out.s is None) == (x.s is None)  # linear ops keep antisymmetry
+
+
+@SET
+@given(cases())
+def test_linear_3d_and_matmul(case):
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    check_unary(case, (3, 6), lambda t: F.linear(t, w) @ w)
+
+
+@SET
+@given(cases())
+def test_conv_bn_pool(case):
+    g = torch.Generator().manual_seed(3)
+    w, b = torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    mean, var = torch.randn(4, generator=g, dtype=torch.float64), torch.rand(4, generator=g, dtype=torch.float64) + .5
+    gamma, beta = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+
+    def fn(t):
+        h = F.conv2d(t, w, b, padding=1)
+        h = F.batch_norm(h, mean, var, gamma, beta, training=False)
+        return F.avg_pool2d(h, 2) + F.adaptive_avg_pool2d(h, 1) - h.mean((2, 3), keepdim=True)[..., :1, :1]
+    x = check_unary(case, (2, 6, 6), fn)
+    with torch.no_grad():
+        assert (fn(x).s is None) == (x.s is None)
+
+
+@SET
+@given(cases(), st.sampled_from([0.0, 0.2]))
+def test_relu_leaky(case, slope):
+    x = make(case, (9,))
+    with torch.no_grad():
+        out = F.leaky_relu(x, slope) if slope else F.relu(x)
+        v = x.vertices()
+        close(out, F.leaky_relu(v, slope) if slope else F.relu(v))
+    assert torch.equal(crossing_counts(x), reference_counts(x.vertices(), 2 * case["P"]))
+
+
+@SET
+@given(cases())
+def test_max_pool(case):
+    check_unary(case, (2, 5, 6), lambda t: F.max_pool2d(t, 2, ceil_mode=True))
+    check_unary(case, (3, 8), lambda t: F.max_pool1d(t, 3, stride=2, padding=1))
+
+
+@SET
+@given(cases())
+def test_smooth_ops(case):
+    g = torch.Generator().manual_seed(4)
+    w, b = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    check_unary(case, (4, 6), F.gelu)
+    check_unary(case, (4, 6), lambda t: torch.softmax(t, -1))
+    check_unary(case, (4, 6), lambda t: F.layer_norm(t, (6,), w, b))
+    check_unary(case, (4, 6), lambda t: F.silu(torch.tanh(t)) / (1 + t.sigmoid()))
+
+
+@SET
+@given(cases())
+def test_products(case):
+    x = make(case, (3, 4))
+    y = make(case, (3, 4), ctx=x.ctx, seed_offset=1)
+    z = make(case, (4, 5), ctx=x.ctx, seed_offset=2)
+    with torch.no_grad():
+        close(x * y, x.vertices() * y.vertices())
+        close(torch.bmm(x, z), torch.bmm(x.vertices(), z.vertices()))
+        close(x + 2 * y - y / 3, x.vertices() + 2 * y.vertices() - y.vertices() / 3)
+
+
+@SET
+@given(cases())
+def test_attention(case):
+    q = make(case, (2, 3, 4))
+    k = make(case, (2, 3, 4), ctx=q.ctx, seed_offset=1)
+    v = make(case, (2, 3, 4), ctx=q.ctx, seed_offset=2)
+    with torch.no_grad():
+        close(F.scaled_dot_product_attention(q, k, v),
+              F.scaled_dot_product_attention(q.vertices(), k.vertices(), v.vertices()))
+
+
+@SET
+@given(cases())
+def test_structural(case):
+    g = torch.Generator().manual_seed(5)
+    tok = torch.randn(1, 1, 6, generator=g, dtype=torch.float64)
+
+    def fn(t):  # (B, 4, 6)
+        B = t.shape[0]
+        h = torch.cat([tok.expand(B, -1, -1), t], 1)          # class token
+        h = h.permute(1, 0, 2).reshape(5 * B, 6)               # batch merged as an inner factor
+        h = h.view(5, B, 2, 3).transpose(0, 1).flatten(1)      # and back
+        h = h.unsqueeze(1).squeeze(1)[:, 2:]
+        return torch.stack([h, h * 2], -1).sum(-1)
+    check_unary(case, (4, 6), fn)
