@@ -181,6 +181,10 @@ class LCTracker:
                             for r in radii):
             raise ValueError(f"radius must be a number > 0 or a non-empty sequence of them, got {radius!r}")
         self.radii = [float(r) for r in radii]
+        if isinstance(n_dirs, bool) or not isinstance(n_dirs, numbers.Integral):
+            raise TypeError(f"n_dirs must be an int (directions per point), got {n_dirs!r}")
+        if n_dirs < 1:
+            raise ValueError(f"n_dirs must be >= 1 (directions per point), got {n_dirs}")
         self.n_dirs, self.seed = int(n_dirs), int(seed)
         self.sites, self.backend, self.dtype, self.chunk_size = sites, backend, dtype, chunk_size
         self.labels = dict(labels or {})
