@@ -16,7 +16,8 @@ import torch.nn as nn
 from .engine import get_backend
 from .engine.base import Backend, ChunkResult, model_device, model_guard, _model_dtype
 from .engine.chunking import ChunkPlan, SizeProbe
-from .neighborhood import random_frames, shared_frame
+from .engine.intercept import probe_layouts
+from .neighborhood import random_frames, shared_frame, vertices
 from .result import LCResult
 from .sites import SiteSpec
 
@@ -369,6 +370,16 @@ def _plan(request: _Request) -> _Plan:
 # ---------------------------------------------------------------------------
 
 
+def _with_layouts(model: nn.Module, spec: SiteSpec, x1: torch.Tensor, dirs1: torch.Tensor, radius: float) -> SiteSpec:
+    """``spec`` with the batch dimension of every site found by provenance
+    (:func:`lcfast.engine.intercept.probe_layouts`) on copies of the first point's
+    vertices ``(V, *S)`` (``x1`` ``(1, *S)``, ``dirs1`` ``(1, P, *S)`` or ``(P, *S)``)."""
+    v1 = vertices(x1, dirs1, radius)
+    ones = (1,) * (v1.dim() - 1)
+    return dataclasses.replace(spec, layouts=probe_layouts(model, spec, v1.shape[0],
+                                                           lambda k: model(v1.repeat(k, *ones))))
+
+
 def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, list[str], list[int]]:
     """Counts ``(N, L)``, site names and neurons per site, chunk by chunk."""
     N, S, P = request.N, request.S, request.P
@@ -398,21 +409,25 @@ def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, 
         else:
             all_dirs = None
 
+        def frames(lo: int, hi: int) -> torch.Tensor:
+            if all_dirs is None:
+                return random_frames(S, P, request.seed, request.ids[lo:hi], device=device, dtype=dtype)
+            return all_dirs if request.shared else all_dirs[lo:hi]
+
         def run(lo: int, hi: int, probe: SizeProbe | None = None) -> ChunkResult:
             xc = request.x[lo:hi].to(device=device, dtype=dtype)
-            if all_dirs is None:
-                dirs = random_frames(S, P, request.seed, request.ids[lo:hi], device=device, dtype=dtype)
-            else:
-                dirs = all_dirs if request.shared else all_dirs[lo:hi]
             with probe or contextlib.nullcontext():
-                return engine.run_chunk(model, xc, dirs, request.radius, spec)
+                return engine.run_chunk(model, xc, frames(lo, hi), request.radius, spec)
 
         if N == 0:
             # no point: one zero point (zero directions) discovers the sites so that counts is (0, L)
             zero = torch.zeros(1, *S, device=device, dtype=dtype)
-            check_sites(engine.run_chunk(model, zero, torch.zeros(1, P, *S, device=device, dtype=dtype),
-                                         request.radius, spec))
+            zero_dirs = torch.zeros(1, P, *S, device=device, dtype=dtype)
+            spec = _with_layouts(model, spec, zero, zero_dirs, request.radius)
+            check_sites(engine.run_chunk(model, zero, zero_dirs, request.radius, spec))
             return torch.zeros(0, len(names), dtype=torch.long), names, neurons
+        spec = _with_layouts(model, spec, request.x[:1].to(device=device, dtype=dtype), frames(0, 1),
+                             request.radius)
         parts = []
         bar = None
         if progress:
