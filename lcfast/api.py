@@ -152,6 +152,7 @@ def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, d
         # torch.compile(model): sites are found by intercepting calls, which a compiled
         # graph hides, so the original module (same parameters) is measured.
         model, compiled = orig, True
+    _refuse_torchscript(model)
     if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
         raise ValueError("model has tensors on the meta device (shapes without data): materialise it first, "
                          "e.g. model.to_empty(device='cpu') then load_state_dict(...)")
@@ -203,6 +204,19 @@ def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, d
     return _Request(model=model, x=x, radius=float(radius), seed=int(seed), ids=ids_t, directions=directions,
                     shared=shared, P=P, sites=sites, backend=backend, dtype=dtype, chunk_size=chunk_size,
                     compiled=compiled)
+
+
+def _refuse_torchscript(model: nn.Module) -> None:
+    """A TorchScript module runs its operations in the TorchScript interpreter, where
+    lcfast's interception cannot see them: its sites would be silently missing."""
+    for name, m in model.named_modules():
+        if isinstance(m, torch.jit.ScriptModule):
+            what = "model is" if not name else f"submodule {name!r} is"
+            raise TypeError(
+                f"{what} a TorchScript module (torch.jit.script/trace): its operations run in the TorchScript "
+                "interpreter, out of lcfast's sight, so its activations cannot be found. Measure the original "
+                "nn.Module instead (the weights load into it: original.load_state_dict(scripted.state_dict())); "
+                "torch.compile'd models are fine")
 
 
 def _scalar(value):

@@ -90,7 +90,7 @@ def _set_tf32(flags):
 @contextlib.contextmanager
 def model_guard(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Iterator[nn.Module]:
     """Yield the model to measure: eval mode, compute dtype, no grad, TF32 off for
-    float32 on CUDA.  On exit (also on exceptions) every module's ``training`` flag,
+    float32 on CUDA, compiled code run eagerly (``torch.compiler.set_stance``).  On exit (also on exceptions) every module's ``training`` flag,
     the TF32 flags and every buffer the forward changed are restored.  When ``dtype`` differs from the model's, a
     cast *copy* is measured and the user's model is never touched.
     """
@@ -104,7 +104,10 @@ def model_guard(model: nn.Module, device: torch.device, dtype: torch.dtype) -> I
         target.eval()
         if device.type == "cuda" and dtype == torch.float32:
             _set_tf32((False, False))
-        with torch.no_grad():
+        # torch.compile'd modules and forwards run their original Python code: compiled
+        # graphs hide the activation calls (and dynamo fails on the interceptor's
+        # mutations: "already tracked for mutation")
+        with torch.no_grad(), torch.compiler.set_stance("force_eager"):
             yield target
     finally:
         for m, flag in modes:
