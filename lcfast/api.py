@@ -8,15 +8,15 @@ import math
 import numbers
 import time
 import warnings
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
-from .engine import get_backend
+from .engine import check_compute_dtype, get_backend, naive_low_precision
 from .engine.base import Backend, ChunkResult, model_device, model_guard, _model_dtype
 from .engine.chunking import ChunkPlan, SizeProbe
-from .engine.intercept import probe_layouts
+from .engine.intercept import ModelCall, probe_layouts
 from .neighborhood import random_frames, shared_frame, vertices
 from .result import LCResult
 from .sites import SiteSpec
@@ -46,6 +46,8 @@ def local_complexity(
     progress: bool = False,
     shared_directions: bool = False,
     check_directions: bool = True,
+    forward: Callable | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> LCResult:
     """Local complexity of ``model`` around each point of ``x``.
 
@@ -82,6 +84,16 @@ def local_complexity(
         check_directions: warn (once per call) when given ``directions`` have a norm
             or a pairwise inner product off by more than ``1e-3`` from orthonormal;
             ``False`` skips the check.
+        forward: how to call the model on a vertex batch: ``forward(model, batch,
+            **extra) -> output`` with ``batch`` ``(rows, *S)`` (default
+            ``model(batch, **extra)``), e.g. ``lambda m, v, **e: m(pixel_values=v, **e)``
+            for a model whose forward takes keyword inputs.
+        extra: per-point extra inputs ``{name: (N, ...) tensor}`` (e.g.
+            ``{"attention_mask": mask}``), handed to ``forward`` with each point's row
+            repeated for every batch row lcfast propagates for that point (so a
+            ``(N, T)`` mask arrives as ``(rows, T)``); floating ones in the compute
+            dtype, all on the model's device.  Values that are not tensors are passed
+            unchanged.
 
     Returns:
         :class:`LCResult` with ``counts`` ``(N, L)``, ``sites`` (L names),
@@ -98,7 +110,7 @@ def local_complexity(
         (torch.Size([5, 1]), ['1#1'])
     """
     request = _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, dtype, chunk_size,
-                        shared_directions, check_directions)
+                        shared_directions, check_directions, forward, extra)
     plan = _plan(request)
     t0 = time.perf_counter()
     counts, names, neurons = _run(request, plan, progress)
@@ -132,6 +144,8 @@ class _Request:
     dtype: torch.dtype | None
     chunk_size: int | None
     compiled: bool
+    forward: Callable | None = None
+    extra: dict | None = None  # {name: (N, ...) tensor or any value}
 
     @property
     def N(self) -> int:
@@ -143,7 +157,7 @@ class _Request:
 
 
 def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, dtype, chunk_size,
-              shared_directions, check_directions) -> _Request:
+              shared_directions, check_directions, forward=None, extra=None) -> _Request:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     compiled = False
@@ -201,9 +215,23 @@ def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, d
             raise ValueError(f"n_dirs must be in [1, D={D}] (D = input dimension), got {n_dirs}")
         P = int(n_dirs)
         shared = bool(shared_directions)
+    if forward is not None and not callable(forward):
+        raise TypeError(f"forward must be a callable (model, batch, **extra) -> output, got {forward!r}")
     return _Request(model=model, x=x, radius=float(radius), seed=int(seed), ids=ids_t, directions=directions,
                     shared=shared, P=P, sites=sites, backend=backend, dtype=dtype, chunk_size=chunk_size,
-                    compiled=compiled)
+                    compiled=compiled, forward=forward, extra=_checked_extra(extra, N))
+
+
+def _checked_extra(extra, N: int) -> dict | None:
+    """``extra`` as a dict; every tensor in it must hold one row per point ``(N, ...)``."""
+    if extra is None:
+        return None
+    if not isinstance(extra, Mapping) or not all(isinstance(k, str) for k in extra):
+        raise TypeError(f"extra must be a dict {{name: (N, ...) tensor}}, got {type(extra).__name__}")
+    for k, v in extra.items():
+        if isinstance(v, torch.Tensor) and (v.dim() == 0 or v.shape[0] != N):
+            raise ValueError(f"extra[{k!r}] must have one row per point, shape ({N}, ...), got {tuple(v.shape)}")
+    return dict(extra)
 
 
 def _refuse_torchscript(model: nn.Module) -> None:
@@ -320,53 +348,6 @@ class _Plan:
     chunks: ChunkPlan
 
 
-#: Compute dtypes the vertex-pushing backends measure as noise (docs/design.md#numerics):
-#: naive bfloat16 counted 1,273 crossed neurons on ResNet18 at r = 1e-3 where float64
-#: counts 16 (issue 11).  The centre + offsets engine is the way to measure in them.
-NAIVE_NOISE_DTYPES = (torch.bfloat16, torch.float16)
-
-_naive_low_precision = [False]  # set by naive_low_precision()
-
-
-@contextlib.contextmanager
-def naive_low_precision():
-    """Allow :data:`NAIVE_NOISE_DTYPES` on the vertex-pushing backends inside the block.
-
-    Only for studying that noise (tests of the kernels in low precision, of the
-    tolerance rule); the counts are not local complexity at small radii.
-    """
-    old = _naive_low_precision[0]
-    _naive_low_precision[0] = True
-    try:
-        yield
-    finally:
-        _naive_low_precision[0] = old
-
-
-def check_compute_dtype(dtype: torch.dtype, source: str = "dtype") -> None:
-    """Refuse a compute dtype whose vertices would be pushed naively into rounding noise.
-
-    The one place where this is decided: the centre + offsets engine will replace the
-    refusal with a routing decision.
-
-    Args:
-        dtype: the compute dtype (given, or the model's).
-        source: ``"dtype"`` when the user asked for it, ``"model"`` when it is the model's.
-
-    Raises:
-        ValueError: ``dtype`` is bfloat16/float16 (outside :func:`naive_low_precision`).
-    """
-    if dtype not in NAIVE_NOISE_DTYPES or _naive_low_precision[0]:
-        return
-    name = str(dtype).replace("torch.", "")
-    where = f"dtype={name}" if source == "dtype" else f"the model's dtype {name} (dtype=None)"
-    raise ValueError(
-        f"{where} is not supported yet: the vertices x +- r*v differ from x by about r/sqrt(D) per value, "
-        f"below {name}'s resolution, so pushing them in {name} counts rounding noise (naive bfloat16 found "
-        "1,273 crossed neurons on ResNet18 at r=1e-3 where float64 finds 16). Measure in float32 or "
-        "float64 (dtype=torch.float32 measures a float32 copy; the model is not changed).")
-
-
 def _plan(request: _Request) -> _Plan:
     model = request.model
     spec = SiteSpec.resolve(model, request.sites)
@@ -384,14 +365,16 @@ def _plan(request: _Request) -> _Plan:
 # ---------------------------------------------------------------------------
 
 
-def _with_layouts(model: nn.Module, spec: SiteSpec, x1: torch.Tensor, dirs1: torch.Tensor, radius: float) -> SiteSpec:
+def _with_layouts(calls: Callable[[int], nn.Module], spec: SiteSpec, x1: torch.Tensor, dirs1: torch.Tensor,
+                  radius: float, model: nn.Module) -> SiteSpec:
     """``spec`` with the batch dimension of every site found by provenance
-    (:func:`lcfast.engine.intercept.probe_layouts`) on copies of the first point's
-    vertices ``(V, *S)`` (``x1`` ``(1, *S)``, ``dirs1`` ``(1, P, *S)`` or ``(P, *S)``)."""
+    (:func:`lcfast.engine.intercept.probe_layouts`) on ``k`` copies of the first point's
+    vertices ``(V, *S)`` (``x1`` ``(1, *S)``, ``dirs1`` ``(1, P, *S)`` or ``(P, *S)``),
+    run through ``calls(k)`` (the model, called for ``k`` copies of the first point)."""
     v1 = vertices(x1, dirs1, radius)
     ones = (1,) * (v1.dim() - 1)
     return dataclasses.replace(spec, layouts=probe_layouts(model, spec, v1.shape[0],
-                                                           lambda k: model(v1.repeat(k, *ones))))
+                                                           lambda k: calls(k)(v1.repeat(k, *ones))))
 
 
 def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, list[str], list[int]]:
@@ -428,20 +411,34 @@ def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, 
                 return random_frames(S, P, request.seed, request.ids[lo:hi], device=device, dtype=dtype)
             return all_dirs if request.shared else all_dirs[lo:hi]
 
+        def called(points: torch.Tensor) -> nn.Module:
+            """The model, or the model called through forward=/extra= for ``points`` (indices)."""
+            if request.forward is None and request.extra is None:
+                return model
+            extra = {k: (v[points.to(v.device)].to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+                         if isinstance(v, torch.Tensor) else v) for k, v in (request.extra or {}).items()}
+            return ModelCall(model, request.forward, extra, points.numel())
+
         def run(lo: int, hi: int, probe: SizeProbe | None = None) -> ChunkResult:
             xc = request.x[lo:hi].to(device=device, dtype=dtype)
             with probe or contextlib.nullcontext():
-                return engine.run_chunk(model, xc, frames(lo, hi), request.radius, spec)
+                return engine.run_chunk(called(torch.arange(lo, hi)), xc, frames(lo, hi), request.radius, spec)
 
         if N == 0:
-            # no point: one zero point (zero directions) discovers the sites so that counts is (0, L)
+            # no point: one zero point (zero directions, zero extras) discovers the sites so that
+            # counts is (0, L)
             zero = torch.zeros(1, *S, device=device, dtype=dtype)
             zero_dirs = torch.zeros(1, P, *S, device=device, dtype=dtype)
-            spec = _with_layouts(model, spec, zero, zero_dirs, request.radius)
-            check_sites(engine.run_chunk(model, zero, zero_dirs, request.radius, spec))
+            if request.extra:
+                request.extra = {k: (v.new_zeros((1, *v.shape[1:])) if isinstance(v, torch.Tensor) else v)
+                                 for k, v in request.extra.items()}
+            zero_call = called(torch.zeros(1, dtype=torch.long))
+            spec = _with_layouts(lambda k: called(torch.zeros(k, dtype=torch.long)), spec, zero, zero_dirs,
+                                 request.radius, model)
+            check_sites(engine.run_chunk(zero_call, zero, zero_dirs, request.radius, spec))
             return torch.zeros(0, len(names), dtype=torch.long), names, neurons
-        spec = _with_layouts(model, spec, request.x[:1].to(device=device, dtype=dtype), frames(0, 1),
-                             request.radius)
+        spec = _with_layouts(lambda k: called(torch.zeros(k, dtype=torch.long)), spec,
+                             request.x[:1].to(device=device, dtype=dtype), frames(0, 1), request.radius, model)
         parts = []
         bar = None
         if progress:

@@ -35,6 +35,9 @@ def _add_measure(sub):
                    help="torchvision model name (random init), mnist-mlp, paper-cnn, or module:attr "
                         "(default: resnet18)")
     p.add_argument("--weights", default=None, help="local state_dict file to load into the model")
+    p.add_argument("--forward", default=None, metavar="MODULE:ATTR",
+                   help="callable (model, batch) -> output used to call the model on a vertex batch, e.g. "
+                        "for a model whose forward takes keyword inputs (default: model(batch))")
     p.add_argument("--data", default="images",
                    help="images (natural photos shipped offline), mnist, random, or a path "
                         "(.pt/.npy tensor or an image folder); default: images")
@@ -67,12 +70,13 @@ def _measure(args) -> int:
     x, data = zoo.build_points(args.data, args.points, zoo.input_shape(args.model, args.size), seed=args.seed,
                                size=args.size)
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    forward = _forward_from(args.forward)
     res = local_complexity(model, x, radius=args.radius, n_dirs=args.dirs, seed=args.seed,
                            backend=args.backend, dtype=dtype, chunk_size=args.chunk_size,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, forward=forward)
     init = f"weights from {args.weights}" if args.weights else f"random init under torch.manual_seed({args.seed})"
     res.meta.update(model=args.model, data=args.data, data_description=data, model_init=init, model_seed=args.seed,
-                    weights=args.weights)
+                    weights=args.weights, forward=args.forward)
     print(f"model {args.model}: {init}; points: {data}")
     print(res.summary())
     print(f"backend={res.meta['backend']} device={res.meta['device']} dtype={res.meta['dtype']} "
@@ -82,6 +86,22 @@ def _measure(args) -> int:
     plot_sites(res, png)
     print(f"wrote {args.out} and {png}")
     return 0
+
+
+def _forward_from(spec: str | None):
+    """``--forward module:attr`` as the callable it names (``None`` when not given)."""
+    if spec is None:
+        return None
+    if ":" not in spec:
+        raise ValueError(f"--forward must be module:attr, got {spec!r}")
+    from .zoo import resolve_attr
+    try:
+        fn = resolve_attr(spec)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"--forward {spec!r}: {e}") from None
+    if not callable(fn):
+        raise ValueError(f"--forward {spec!r} is not callable")
+    return fn
 
 
 def build_parser() -> argparse.ArgumentParser:

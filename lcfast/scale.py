@@ -82,7 +82,12 @@ def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, che
 
     blocks = [(lo, min(N, lo + block_size)) for lo in range(0, N, block_size)]
     mine = blocks[rank::world]
+    # rel2 (issue 11 item 6): forward= passes through (fingerprinted by name); extra= (N, ...) rows are
+    # sliced per block
+    forward, extra = kwargs.pop("forward", None), kwargs.pop("extra", None) or {}
     settings = dict(N=N, block_size=block_size, id_offset=id_offset,
+                    forward=getattr(forward, "__qualname__", None if forward is None else repr(forward)),
+                    extra=sorted(extra),
                     **{k: v for k, v in kwargs.items() if k not in ("progress", "chunk_size", "backend")})
     fp = _fingerprint(settings)
 
@@ -116,7 +121,9 @@ def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, che
                 continue
             x = _block(data, lo, hi)
             ids = torch.arange(id_offset + lo, id_offset + hi)
-            res = local_complexity(model, x, ids=ids, **kwargs)
+            res = local_complexity(model, x, ids=ids, forward=forward, **kwargs,  # rel2: forward/extra
+                                   extra={k: (v[lo:hi] if isinstance(v, torch.Tensor) else v) for k, v in extra.items()}
+                                   or None)
             rec = dict(fingerprint=fp, lo=lo, hi=hi, result=res.to_dict())
             done[lo] = rec
             if path is not None:
@@ -144,5 +151,5 @@ def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, che
     if not parts:  # N == 0
         if not isinstance(data, torch.Tensor):
             raise ValueError("data is empty and not a tensor: there is nothing to measure")
-        return local_complexity(model, data, **kwargs)
+        return local_complexity(model, data, forward=forward, extra=extra or None, **kwargs)  # rel2: forward/extra
     return LCResult.concat([LCResult.from_dict(p) for p in parts])

@@ -6,6 +6,9 @@ one-point probe chunk (``2P`` rows); the brute force below knows the true layout
 pushes one point at a time in float64, with no lcfast code.
 """
 import copy
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before lcfast's kernels are imported
 
 import pytest
 import torch
@@ -142,3 +145,27 @@ def test_model_that_fake_tensors_cannot_run():
     x = torch.randn(3, 4)
     res = lcfast.local_complexity(model, x, radius=0.3, n_dirs=P, dtype=torch.float64, backend="reference")
     assert torch.equal(res.counts, brute_force(model, x, 0.3))
+
+
+class SeqFirstMLP(nn.Module):
+    """An ``nn.Sequential`` MLP (a block the triton backend fuses) on ``(T, B, E)``
+    tokens with ``T = 2P``."""
+
+    def __init__(self, T=2 * P, E=4):
+        super().__init__()
+        self.T, self.E = T, E
+        self.mlp = nn.Sequential(nn.Linear(E, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, x):
+        return self.mlp(x.view(x.shape[0], self.T, self.E).transpose(0, 1).contiguous()).sum(0)
+
+
+@pytest.mark.skipif("triton" not in lcfast.available_backends("cpu") or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="triton backend not available on CPU")
+def test_fused_block_asks_the_probe():
+    torch.manual_seed(0)
+    model, x = SeqFirstMLP(), torch.randn(3, 2 * P * 4)
+    ref = lcfast.local_complexity(model, x, radius=0.3, n_dirs=P, backend="reference", chunk_size=1)
+    res = lcfast.local_complexity(model, x, radius=0.3, n_dirs=P, backend="triton", chunk_size=1)
+    assert res.neurons.tolist() == ref.neurons.tolist() == [2 * P * 8]
+    assert torch.equal(res.counts, ref.counts) and ref.counts.sum() > 0

@@ -44,7 +44,7 @@ from torch.overrides import TorchFunctionMode
 from ..sites import ACTIVATION_MODULES, SiteSpec, parse_activation
 
 __all__ = ["ActCall", "Site", "SiteHandler", "SiteInterceptor", "size_batch_dim", "probe_layouts",
-           "decide_layouts"]
+           "decide_layouts", "ModelCall"]
 
 
 @dataclasses.dataclass
@@ -109,6 +109,46 @@ def size_batch_dim(t: torch.Tensor, rows: int) -> int | None:
     return hits[0] if len(hits) == 1 else None
 
 
+def call_model(model: nn.Module, batch, **extra):
+    """The default ``forward=``: ``model(batch, **extra)``."""
+    return model(batch, **extra)
+
+
+class ModelCall(nn.Module):
+    """The user's model called as ``forward(model, batch, **extra)``, each per-point extra
+    input repeated for the rows the engine propagates for that point.
+
+    Backends call it like the model (``call(batch)``); interceptors name sites on the
+    wrapped model (:attr:`inner`), so names do not change.
+
+    Args:
+        model: the model.
+        forward: ``(model, batch, **extra) -> output`` (default :func:`call_model`).
+        extra: ``{name: (n, ...) tensor}`` per point, in point order; other values are
+            passed unchanged.
+        n: points in the batch.
+
+    Example:
+        >>> call = ModelCall(model, lambda m, v, mask: m(pixel_values=v, attention_mask=mask), {"mask": m2}, 2)
+        >>> call(v)  # v (2*V, *S); the mask rows (2, T) become (2*V, T), V rows per point
+    """
+
+    def __init__(self, model: nn.Module, forward: Callable | None, extra: dict, n: int):
+        super().__init__()
+        self.inner = model
+        self._call = forward or call_model
+        self._extra, self._n = dict(extra), n
+
+    def forward(self, batch):
+        rows = batch.shape[0]
+        if rows % self._n:
+            raise RuntimeError(f"internal error: {rows} batch rows for {self._n} points")
+        per = rows // self._n
+        extra = {k: (v.repeat_interleave(per, dim=0) if isinstance(v, torch.Tensor) else v)
+                 for k, v in self._extra.items()}
+        return self._call(self.inner, batch, **extra)
+
+
 class SiteHandler:
     """What a backend does at a site.  Subclasses implement :meth:`count`, or override
     :meth:`handle` (fused count + activation, other representations of the batch)."""
@@ -167,6 +207,8 @@ class SiteInterceptor(TorchFunctionMode):
 
     def __init__(self, model: nn.Module, spec: SiteSpec, handler: SiteHandler, rows: int, V: int):
         super().__init__()
+        if isinstance(model, ModelCall):  # the model called through forward=/extra=
+            model = model.inner
         # sites named by module are looked up by name on the model that runs (it may be a
         # cast copy of the model they were resolved on)
         self.model, self.spec, self.handler, self.rows, self.V = model, spec.on(model), handler, rows, V
@@ -219,6 +261,15 @@ class SiteInterceptor(TorchFunctionMode):
         self.neurons.append(int(neurons))
         self._counts.append(counts)
         return f"{owner_name}#{k}"
+
+    def planned_batch_dim(self, owner: nn.Module):
+        """The probed batch dimension of the next call of activation module ``owner``
+        (asked by a fused kernel before it computes that site itself): an ``int``,
+        ``None`` (not a site), or ``NotImplemented`` without a probe."""
+        if self.layouts is None:
+            return NotImplemented
+        name = self.module_name(owner)
+        return self.layouts.get(f"{name}#{self._candidates.get(name, 0) + 1}", NotImplemented)
 
     def _batch_dim(self, owner: str, value: torch.Tensor) -> int | None:
         """The batch dimension of ``value`` at the next call owned by ``owner``
