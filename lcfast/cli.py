@@ -11,6 +11,7 @@ bench``, ``lcfast grok`` and ``lcfast plot`` come from :mod:`lcfast.bench` and
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import sys
@@ -94,9 +95,9 @@ def _forward_from(spec: str | None):
         return None
     if ":" not in spec:
         raise ValueError(f"--forward must be module:attr, got {spec!r}")
-    from .zoo import resolve_attr
+    module, _, attr = spec.partition(":")
     try:
-        fn = resolve_attr(spec)
+        fn = functools.reduce(getattr, attr.split("."), importlib.import_module(module))
     except (ImportError, AttributeError) as e:
         raise ValueError(f"--forward {spec!r}: {e}") from None
     if not callable(fn):

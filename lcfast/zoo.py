@@ -52,17 +52,11 @@ PAPER_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 DATA_KINDS = ("mnist", "images", "random")
 
 
-def resolve_attr(spec: str):
-    """The object named by ``"module:attr"`` (``attr`` may be dotted)."""
+def _from_module_attr(spec: str) -> nn.Module:
     mod, attr = spec.split(":", 1)
     obj = importlib.import_module(mod)
     for part in attr.split("."):
         obj = getattr(obj, part)
-    return obj
-
-
-def _from_module_attr(spec: str) -> nn.Module:
-    obj = resolve_attr(spec)
     model = obj if isinstance(obj, nn.Module) else obj()
     if not isinstance(model, nn.Module):
         raise ValueError(f"model {spec!r} did not give an nn.Module")

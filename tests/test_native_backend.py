@@ -149,7 +149,7 @@ class _Readers(nn.Module):
         elif self.mode == "copy_reshape":  # transpose + reshape copies: must fill
             h = self.lin(x.transpose(2, 3).reshape(x.shape[0], -1))
         elif self.mode == "after_affine":  # affine first, then a read of the input
-            h = self.lin(x.reshape(x.shape[0], -1)) + x.sum((1, 2, 3), keepdim=True)
+            h = self.lin(x.reshape(x.shape[0], -1)) + x.mean((1, 2, 3)).unsqueeze(1)
         else:                              # an in-place write on the input first
             h = self.lin(x.mul_(3.0).flatten(1))
         return self.lin2(torch.relu(h))

@@ -17,6 +17,7 @@ import torch.nn.functional as F  # noqa: E402
 from torchvision.models.resnet import BasicBlock, Bottleneck  # noqa: E402
 
 import lcfast  # noqa: E402
+from lcfast.api import naive_low_precision  # noqa: E402
 from lcfast.engine import get_backend, why_unavailable  # noqa: E402
 from lcfast.engine.base import model_guard  # noqa: E402
 from lcfast.engine.reference import ReferenceBackend  # noqa: E402

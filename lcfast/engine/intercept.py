@@ -7,7 +7,9 @@ every backend:
 
 * ``sites="activations"``: every call of a function of the activation catalogue
   (:mod:`lcfast.acts`) whose first argument is a floating tensor carrying the batch
-  (the handler's :meth:`SiteHandler.batch_dim` says where, or that it is not a batch);
+  (where: the batch-layout probe, :func:`probe_layouts`, found it by provenance
+  before the first chunk, docs/design.md#batch-dimension; a handler may instead
+  recognise the batch by type with :meth:`SiteHandler.batch_dim`);
 * ``sites=[modules]``: the output of each named module (a global forward hook).
 
 At each site it builds a :class:`Site` (name, the *untouched* argument tensor, its
@@ -15,7 +17,9 @@ batch dimension, neurons) and hands it to :meth:`SiteHandler.handle`, which retu
 ``(out, counts)``: ``out`` replaces the call's result (activation sites) or the
 module's output (module-output sites); ``counts`` ``(n,)`` are collected in call
 order.  A backend that computes a site outside the mode's view (a fused block kernel)
-reports it with :meth:`SiteInterceptor.add_site`.
+reports it with :meth:`SiteInterceptor.add_site` (and may ask
+:meth:`SiteInterceptor.planned_batch_dim` first).  A model called through ``forward=``
+/ ``extra=`` is handed to backends as a :class:`ModelCall`.
 
 Extending it (no other interception mechanism is needed):
 
