@@ -8,20 +8,22 @@ import math
 import numbers
 import time
 import warnings
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
+from .engine import check_compute_dtype, naive_low_precision
 from .engine.policy import engine_for  # the auto choice and first-chunk fallback (lcfast/engine/policy.py)
 from .engine.base import Backend, ChunkResult, model_device, model_guard, _model_dtype
 from .engine.chunking import ChunkPlan, SizeProbe
-from .neighborhood import random_frames, shared_frame
+from .engine.intercept import ModelCall, probe_layouts
+from .neighborhood import random_frames, shared_frame, vertices
 from .oom import measure_halving
 from .result import LCResult
 from .sites import SiteSpec
 
-__all__ = ["local_complexity"]
+__all__ = ["local_complexity", "naive_low_precision"]
 
 
 def _all_finite(t: torch.Tensor) -> bool:
@@ -46,6 +48,8 @@ def local_complexity(
     progress: bool = False,
     shared_directions: bool = False,
     check_directions: bool = True,
+    forward: Callable | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> LCResult:
     """Local complexity of ``model`` around each point of ``x``.
 
@@ -82,6 +86,16 @@ def local_complexity(
         check_directions: warn (once per call) when given ``directions`` have a norm
             or a pairwise inner product off by more than ``1e-3`` from orthonormal;
             ``False`` skips the check.
+        forward: how to call the model on a vertex batch: ``forward(model, batch,
+            **extra) -> output`` with ``batch`` ``(rows, *S)`` (default
+            ``model(batch, **extra)``), e.g. ``lambda m, v, **e: m(pixel_values=v, **e)``
+            for a model whose forward takes keyword inputs.
+        extra: per-point extra inputs ``{name: (N, ...) tensor}`` (e.g.
+            ``{"attention_mask": mask}``), handed to ``forward`` with each point's row
+            repeated for every batch row lcfast propagates for that point (so a
+            ``(N, T)`` mask arrives as ``(rows, T)``); floating ones in the compute
+            dtype, all on the model's device.  Values that are not tensors are passed
+            unchanged.
 
     Returns:
         :class:`LCResult` with ``counts`` ``(N, L)``, ``sites`` (L names),
@@ -98,7 +112,7 @@ def local_complexity(
         (torch.Size([5, 1]), ['1#1'])
     """
     request = _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, dtype, chunk_size,
-                        shared_directions, check_directions)
+                        shared_directions, check_directions, forward, extra)
     plan = _plan(request)
     t0 = time.perf_counter()
     counts, names, neurons = _run(request, plan, progress)
@@ -133,6 +147,8 @@ class _Request:
     dtype: torch.dtype | None
     chunk_size: int | None
     compiled: bool
+    forward: Callable | None = None
+    extra: dict | None = None  # {name: (N, ...) tensor or any value}
 
     @property
     def N(self) -> int:
@@ -144,7 +160,7 @@ class _Request:
 
 
 def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, dtype, chunk_size,
-              shared_directions, check_directions) -> _Request:
+              shared_directions, check_directions, forward=None, extra=None) -> _Request:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     compiled = False
@@ -153,6 +169,10 @@ def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, d
         # torch.compile(model): sites are found by intercepting calls, which a compiled
         # graph hides, so the original module (same parameters) is measured.
         model, compiled = orig, True
+    _refuse_torchscript(model)
+    if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
+        raise ValueError("model has tensors on the meta device (shapes without data): materialise it first, "
+                         "e.g. model.to_empty(device='cpu') then load_state_dict(...)")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape (N, *S), got {type(x).__name__}")
     if x.dim() < 2:
@@ -165,6 +185,7 @@ def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, d
         raise ValueError(f"x must have a non-empty point shape, got {tuple(x.shape)}")
     if N and not _all_finite(x):
         raise ValueError("x contains NaN or infinite values")
+    radius, n_dirs, seed, chunk_size = (_scalar(v) for v in (radius, n_dirs, seed, chunk_size))
     if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not math.isfinite(radius) or radius <= 0:
         raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -179,13 +200,7 @@ def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, d
     if not isinstance(check_directions, bool):
         raise TypeError(f"check_directions must be a bool, got {check_directions!r}")
 
-    if ids is None:
-        ids_t = torch.arange(N, dtype=torch.long)
-    else:
-        ids_t = torch.as_tensor(ids)
-        if ids_t.dtype.is_floating_point or ids_t.dtype == torch.bool or ids_t.dim() != 1 or ids_t.numel() != N:
-            raise ValueError(f"ids must be {N} integers (one per point), got {tuple(ids_t.shape)} {ids_t.dtype}")
-        ids_t = ids_t.to(torch.long).cpu()
+    ids_t = _checked_ids(ids, N)
 
     if directions is not None:
         directions, shared = _shaped_directions(directions, N, S)
@@ -203,9 +218,62 @@ def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, d
             raise ValueError(f"n_dirs must be in [1, D={D}] (D = input dimension), got {n_dirs}")
         P = int(n_dirs)
         shared = bool(shared_directions)
+    if forward is not None and not callable(forward):
+        raise TypeError(f"forward must be a callable (model, batch, **extra) -> output, got {forward!r}")
     return _Request(model=model, x=x, radius=float(radius), seed=int(seed), ids=ids_t, directions=directions,
                     shared=shared, P=P, sites=sites, backend=backend, dtype=dtype, chunk_size=chunk_size,
-                    compiled=compiled)
+                    compiled=compiled, forward=forward, extra=_checked_extra(extra, N))
+
+
+def _checked_extra(extra, N: int) -> dict | None:
+    """``extra`` as a dict; every tensor in it must hold one row per point ``(N, ...)``."""
+    if extra is None:
+        return None
+    if not isinstance(extra, Mapping) or not all(isinstance(k, str) for k in extra):
+        raise TypeError(f"extra must be a dict {{name: (N, ...) tensor}}, got {type(extra).__name__}")
+    for k, v in extra.items():
+        if isinstance(v, torch.Tensor) and (v.dim() == 0 or v.shape[0] != N):
+            raise ValueError(f"extra[{k!r}] must have one row per point, shape ({N}, ...), got {tuple(v.shape)}")
+    return dict(extra)
+
+
+def _refuse_torchscript(model: nn.Module) -> None:
+    """A TorchScript module runs its operations in the TorchScript interpreter, where
+    lcfast's interception cannot see them: its sites would be silently missing."""
+    for name, m in model.named_modules():
+        if isinstance(m, torch.jit.ScriptModule):
+            what = "model is" if not name else f"submodule {name!r} is"
+            raise TypeError(
+                f"{what} a TorchScript module (torch.jit.script/trace): its operations run in the TorchScript "
+                "interpreter, out of lcfast's sight, so its activations cannot be found. Measure the original "
+                "nn.Module instead (the weights load into it: original.load_state_dict(scripted.state_dict())); "
+                "torch.compile'd models are fine")
+
+
+def _scalar(value):
+    """A 0-d tensor as the Python number it holds (``radius=torch.tensor(0.1)``); any
+    other value unchanged."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex():
+        return value.item()
+    return value
+
+
+def _checked_ids(ids, N: int) -> torch.Tensor:
+    """``ids`` as a CPU ``LongTensor (N,)`` (default ``arange(N)``); errors name ``ids``."""
+    if ids is None:
+        return torch.arange(N, dtype=torch.long)
+    try:
+        ids_t = torch.as_tensor(ids)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        # strings, ragged lists, integers beyond int64 ("Overflow when unpacking long")
+        raise TypeError(f"ids must be {N} integers in the int64 range (one per point), got {ids!r:.80}: {e}") \
+            from None
+    if ids_t.numel() == 0 and ids_t.dim() == 1:
+        ids_t = ids_t.to(torch.long)  # ids=[] (N = 0) is an empty float tensor by default
+    if ids_t.dtype.is_floating_point or ids_t.dtype.is_complex or ids_t.dtype == torch.bool \
+            or ids_t.dim() != 1 or ids_t.numel() != N:
+        raise ValueError(f"ids must be {N} integers (one per point), got {tuple(ids_t.shape)} {ids_t.dtype}")
+    return ids_t.to(torch.long).cpu()
 
 
 def _shaped_directions(directions, N: int, S: tuple[int, ...]) -> tuple[torch.Tensor, bool]:
@@ -293,6 +361,7 @@ def _plan(request: _Request) -> _Plan:
     spec = SiteSpec.resolve(model, request.sites)
     device = model_device(model, request.x.device)
     dtype = request.dtype or _model_dtype(model)
+    check_compute_dtype(dtype, "dtype" if request.dtype is not None else "model")
     engine = engine_for(request.backend, device)
     V = 2 * request.P
     point_bytes = math.prod(request.S) * torch.finfo(dtype).bits // 8
@@ -302,6 +371,18 @@ def _plan(request: _Request) -> _Plan:
 # ---------------------------------------------------------------------------
 # The chunk loop
 # ---------------------------------------------------------------------------
+
+
+def _with_layouts(calls: Callable[[int], nn.Module], spec: SiteSpec, x1: torch.Tensor, dirs1: torch.Tensor,
+                  radius: float, model: nn.Module) -> SiteSpec:
+    """``spec`` with the batch dimension of every site found by provenance
+    (:func:`lcfast.engine.intercept.probe_layouts`) on ``k`` copies of the first point's
+    vertices ``(V, *S)`` (``x1`` ``(1, *S)``, ``dirs1`` ``(1, P, *S)`` or ``(P, *S)``),
+    run through ``calls(k)`` (the model, called for ``k`` copies of the first point)."""
+    v1 = vertices(x1, dirs1, radius)
+    ones = (1,) * (v1.dim() - 1)
+    return dataclasses.replace(spec, layouts=probe_layouts(model, spec, v1.shape[0],
+                                                           lambda k: calls(k)(v1.repeat(k, *ones))))
 
 
 def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, list[str], list[int]]:
@@ -333,21 +414,39 @@ def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, 
         else:
             all_dirs = None
 
+        def frames(lo: int, hi: int) -> torch.Tensor:
+            if all_dirs is None:
+                return random_frames(S, P, request.seed, request.ids[lo:hi], device=device, dtype=dtype)
+            return all_dirs if request.shared else all_dirs[lo:hi]
+
+        def called(points: torch.Tensor) -> nn.Module:
+            """The model, or the model called through forward=/extra= for ``points`` (indices)."""
+            if request.forward is None and request.extra is None:
+                return model
+            extra = {k: (v[points.to(v.device)].to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+                         if isinstance(v, torch.Tensor) else v) for k, v in (request.extra or {}).items()}
+            return ModelCall(model, request.forward, extra, points.numel())
+
         def run(lo: int, hi: int, probe: SizeProbe | None = None) -> ChunkResult:
             xc = request.x[lo:hi].to(device=device, dtype=dtype)
-            if all_dirs is None:
-                dirs = random_frames(S, P, request.seed, request.ids[lo:hi], device=device, dtype=dtype)
-            else:
-                dirs = all_dirs if request.shared else all_dirs[lo:hi]
             with probe or contextlib.nullcontext():
-                return engine.run_chunk(model, xc, dirs, request.radius, spec)
+                return engine.run_chunk(called(torch.arange(lo, hi)), xc, frames(lo, hi), request.radius, spec)
 
         if N == 0:
-            # no point: one zero point (zero directions) discovers the sites so that counts is (0, L)
+            # no point: one zero point (zero directions, zero extras) discovers the sites so that
+            # counts is (0, L)
             zero = torch.zeros(1, *S, device=device, dtype=dtype)
-            check_sites(engine.run_chunk(model, zero, torch.zeros(1, P, *S, device=device, dtype=dtype),
-                                         request.radius, spec))
+            zero_dirs = torch.zeros(1, P, *S, device=device, dtype=dtype)
+            if request.extra:
+                request.extra = {k: (v.new_zeros((1, *v.shape[1:])) if isinstance(v, torch.Tensor) else v)
+                                 for k, v in request.extra.items()}
+            zero_call = called(torch.zeros(1, dtype=torch.long))
+            spec = _with_layouts(lambda k: called(torch.zeros(k, dtype=torch.long)), spec, zero, zero_dirs,
+                                 request.radius, model)
+            check_sites(engine.run_chunk(zero_call, zero, zero_dirs, request.radius, spec))
             return torch.zeros(0, len(names), dtype=torch.long), names, neurons
+        spec = _with_layouts(lambda k: called(torch.zeros(k, dtype=torch.long)), spec,
+                             request.x[:1].to(device=device, dtype=dtype), frames(0, 1), request.radius, model)
         bar = None
         if progress:
             from tqdm.auto import tqdm

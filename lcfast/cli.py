@@ -29,6 +29,7 @@ import time
 
 import torch
 
+from ._resolve import load_object
 from .plot import plot_sites
 from .scale import measure_dataset
 from .zoo import build_model
@@ -49,6 +50,9 @@ def _add_measure(sub):
                    help="torchvision model name (random init), mnist-mlp, paper-cnn, or module:attr "
                         "(default: resnet18)")
     p.add_argument("--weights", default=None, help="local state_dict file to load into the model")
+    p.add_argument("--forward", default=None, metavar="MODULE:ATTR",
+                   help="callable (model, batch) -> output used to call the model on a vertex batch, e.g. "
+                        "for a model whose forward takes keyword inputs (default: model(batch))")
     p.add_argument("--data", default="images",
                    help="images (natural photos shipped offline), mnist, random, or a path "
                         "(.pt/.npy tensor or an image folder); default: images")
@@ -98,7 +102,7 @@ def _measure(args) -> int:
         dtype = getattr(torch, args.dtype) if args.dtype else None
         kw = dict(radius=args.radius, n_dirs=args.dirs, seed=args.seed, backend=args.backend, dtype=dtype,
                   chunk_size=args.chunk_size, block_size=args.block_size, workers=args.workers,
-                  progress=rank == 0 and not args.no_progress)
+                  progress=rank == 0 and not args.no_progress, forward=_forward_from(args.forward))
         init = f"weights from {args.weights}" if args.weights else f"random init under torch.manual_seed({args.seed})"
         if args.checkpoints:
             return _measure_series(args, model, data, described, kw, rank)
@@ -107,7 +111,7 @@ def _measure(args) -> int:
         if rank != 0:  # every rank holds the whole result; rank 0 writes it
             return 0
         res.meta.update(model=args.model, data=args.data, data_description=described, model_init=init,
-                        model_seed=args.seed, weights=args.weights, processes=world,
+                        model_seed=args.seed, weights=args.weights, forward=args.forward, processes=world,
                         threads_per_process=torch.get_num_threads(), seconds=seconds)
         print(f"model {args.model}: {init}; points: {described}")
         print(res.summary())
@@ -177,6 +181,16 @@ def _measure_series(args, model, data, described: str, kw: dict, rank: int) -> i
     plot_series(rows, png, title=f"{args.model}: LC over checkpoints (r={args.radius:g}, P={args.dirs})")
     print(f"wrote {args.out} and {png}")
     return 0
+
+
+def _forward_from(spec: str | None):
+    """``--forward module:attr`` as the callable it names (``None`` when not given)."""
+    if spec is None:
+        return None
+    fn = load_object(spec, "--forward")  # also the current folder, like --model
+    if not callable(fn):
+        raise ValueError(f"--forward {spec!r} is not callable")
+    return fn
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -186,12 +186,18 @@ def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, che
     blocks = [(lo, min(N, lo + block_size)) for lo in range(0, N, block_size)]
     rounds = [[blocks[i] if i < len(blocks) else None for i in range(k, k + world)]
               for k in range(0, len(blocks), world)]
+    # forward=/extra= (issue 11 item 6) pass through; the fingerprint keeps the forward's name
+    # and the extra inputs' names (a callable and tensors are not settings)
+    forward, extra = kwargs.pop("forward", None), kwargs.pop("extra", None) or {}
     done: dict[int, dict] = {}
     path = f"{checkpoint}.rank{rank}.jsonl" if checkpoint is not None else None
     fp = error = None
     try:
         if path is not None or distributed:
-            fp = measurement_fingerprint(model, data, kwargs, block_size=block_size, id_offset=id_offset)
+            fp = measurement_fingerprint(model, data, kwargs, block_size=block_size, id_offset=id_offset,
+                                         forward=None if forward is None else getattr(forward, "__qualname__",
+                                                                                      repr(forward)),
+                                         extra=sorted(extra))
         if path is not None:
             done = _open_checkpoint(path, fp, overwrite)
     except Exception as e:  # noqa: BLE001 - under ranks, reported to all of them first
@@ -206,7 +212,9 @@ def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, che
 
     def measure(x, ids):
         nonlocal size  # after an out-of-memory error, later blocks start at the halved size
-        res = local_complexity(model, x, ids=ids, chunk_size=size, **kwargs)
+        rows = ids - id_offset
+        ex = {k: (v[rows] if isinstance(v, torch.Tensor) else v) for k, v in extra.items()} or None
+        res = local_complexity(model, x, ids=ids, chunk_size=size, forward=forward, extra=ex, **kwargs)
         size = res.meta.get("chunk_size_after_oom", size)
         return res.to_dict()
 
@@ -241,5 +249,5 @@ def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, che
     if not blocks:  # N == 0
         if not isinstance(data, torch.Tensor):
             raise ValueError("data is empty and not a tensor: there is nothing to measure")
-        return local_complexity(model, data, **kwargs)
+        return local_complexity(model, data, forward=forward, extra=extra or None, **kwargs)
     return LCResult.concat([LCResult.from_dict(done[lo]) for lo, _ in blocks])

@@ -40,6 +40,9 @@ class SiteSpec:
 
     activations: bool
     modules: dict[nn.Module, str]  # module -> qualified name (only when not activations)
+    #: batch dimension per site key, found by lcfast.engine.intercept.probe_layouts
+    #: (``None``: not probed; interceptors then fall back to the size rule)
+    layouts: dict[str, int | None] | None = None
 
     @staticmethod
     def resolve(model: nn.Module, sites) -> "SiteSpec":
@@ -89,4 +92,4 @@ class SiteSpec:
         missing = [n for n in self.modules.values() if n not in named]
         if missing:
             raise ValueError(f"sites: model has no module named {missing[0]!r}")
-        return SiteSpec(False, {named[n]: n for n in self.modules.values()})
+        return SiteSpec(False, {named[n]: n for n in self.modules.values()}, self.layouts)

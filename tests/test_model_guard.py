@@ -95,3 +95,50 @@ def test_eval_mode_is_used_batchnorm_running_stats():
     b = lcfast.local_complexity(model, x, radius=0.02, n_dirs=3, chunk_size=1, backend="reference")
     assert torch.equal(a.counts, b.counts)
     assert model.training and all(m.training for m in model.modules())
+
+
+class SelfUpdating(nn.Module):
+    """Buffers changed by the model's own forward: an in-place call counter, a custom
+    running mean updated in place, and a buffer replaced by a new tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, 7)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.register_buffer("running", torch.zeros(7))
+        self.register_buffer("last", torch.zeros(7))
+
+    def forward(self, x):
+        h = self.lin(x)
+        self.calls += 1
+        self.running.mul_(0.9).add_(0.1 * h.detach().mean(0))
+        self.last = h.detach().mean(0)
+        return torch.relu(h)
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_buffers_changed_by_the_forward_are_restored(backend):
+    if backend not in lcfast.available_backends("cpu"):
+        pytest.skip(f"{backend} not available")
+    model = SelfUpdating()
+    last = model.last
+    before = snapshot(model)
+    lcfast.local_complexity(model, torch.randn(4, 5), radius=0.1, n_dirs=2, chunk_size=2, backend=backend)
+    assert_same(before, snapshot(model))
+    assert model.last is last
+
+
+class FailsLater(SelfUpdating):
+    def forward(self, x):
+        out = super().forward(x)  # buffers already changed
+        if int(self.calls) > 1:
+            raise RuntimeError("boom")
+        return out
+
+
+def test_buffers_restored_when_call_raises():
+    model = FailsLater()
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        lcfast.local_complexity(model, torch.randn(4, 5), radius=0.1, n_dirs=2, chunk_size=2, backend="reference")
+    assert_same(before, snapshot(model))

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import lcfast
+from lcfast.api import naive_low_precision
 from lcfast.neighborhood import random_frames
 from lcfast.testing import assert_counts_match, float64_oracle, site_values
 from lcfast.tolerance import (K, ScaleTracker, ToleranceError, ambiguous_counts, check_counts,
@@ -145,7 +146,8 @@ def test_naive_bfloat16_cannot_be_verified_at_small_radius():
     """The band scales with the dtype's u: at r = 1e-3 the naive bfloat16 vertices are
     rounding noise (docs/design.md#numerics) and the rule says so."""
     model, x = zoo.mlp(), torch.randn(16, 20, generator=torch.Generator().manual_seed(3))
-    res = lcfast.local_complexity(model, x, radius=1e-3, n_dirs=6, backend="reference", dtype=torch.bfloat16)
+    with naive_low_precision():  # refused by default for exactly this reason
+        res = lcfast.local_complexity(model, x, radius=1e-3, n_dirs=6, backend="reference", dtype=torch.bfloat16)
     oracle = float64_oracle(model, x, radius=1e-3, n_dirs=6, dtype=torch.bfloat16)
     with pytest.raises(ToleranceError, match="too many ambiguous"):
         assert_counts_match(res.counts, oracle)

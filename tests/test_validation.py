@@ -90,3 +90,65 @@ def test_unavailable_backend_says_why(model):
             continue
         with pytest.raises(RuntimeError, match=name):
             lcfast.local_complexity(model, X, n_dirs=2, backend=name)
+
+
+# ---------------------------------------------------------------------------
+# issue 11 item 7: numbers as 0-d tensors, empty ids, bad ids, meta models
+# ---------------------------------------------------------------------------
+
+def test_zero_dim_tensors_are_numbers(model):
+    a = lcfast.local_complexity(model, X, radius=torch.tensor(0.1), n_dirs=torch.tensor(3), seed=torch.tensor(2),
+                                chunk_size=torch.tensor(2), backend="reference")
+    b = lcfast.local_complexity(model, X, radius=0.1, n_dirs=3, seed=2, chunk_size=2, backend="reference")
+    assert torch.equal(a.counts, b.counts) and a.radius == float(torch.tensor(0.1))
+    with pytest.raises(ValueError, match="radius"):
+        lcfast.local_complexity(model, X, radius=torch.tensor(-0.1))
+
+
+def test_no_point_with_empty_ids(model):
+    res = lcfast.local_complexity(model, X[:0], n_dirs=2, ids=[], backend="reference")
+    assert res.counts.shape == (0, 3)
+
+
+@pytest.mark.parametrize("ids", [[0, 1, 2 ** 70], ["a", "b", "c"], [[0], [1, 2], [3]]])
+def test_bad_ids_name_ids(model, ids):
+    with pytest.raises((TypeError, ValueError), match="ids"):
+        lcfast.local_complexity(model, X, n_dirs=2, ids=ids)
+
+
+def test_meta_model_is_refused_clearly():
+    with torch.device("meta"):
+        m = zoo.mlp(d_in=30)
+    with pytest.raises(ValueError, match="meta device"):
+        lcfast.local_complexity(m, X, n_dirs=2)
+
+
+def test_tracker_n_dirs_is_checked():
+    from lcfast.train.tracker import LCTracker
+    with pytest.raises(ValueError, match="n_dirs"):
+        LCTracker(zoo.mlp(d_in=30), {"train": X}, n_dirs=0)
+    with pytest.raises(TypeError, match="n_dirs"):
+        LCTracker(zoo.mlp(d_in=30), {"train": X}, n_dirs=2.7)
+
+
+# ---------------------------------------------------------------------------
+# issue 11 item 2: naive low precision is refused (it counts rounding noise)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_dtype_is_refused(model, dtype):
+    with pytest.raises(ValueError, match="dtype.*rounding noise"):
+        lcfast.local_complexity(model, X, n_dirs=2, dtype=dtype)
+    low = zoo.mlp(d_in=30).to(dtype)  # dtype=None: the model's own dtype
+    with pytest.raises(ValueError, match="model's dtype.*rounding noise"):
+        lcfast.local_complexity(low, X.to(dtype), n_dirs=2)
+    from lcfast.api import naive_low_precision
+    with naive_low_precision():  # the escape hatch for studying the noise
+        assert lcfast.local_complexity(model, X, n_dirs=2, dtype=dtype, backend="reference").counts.shape == (3, 3)
+
+
+def test_cli_low_precision_dtype_is_refused(tmp_path, capsys):
+    from lcfast.cli import main
+    rc = main(["--model", "mnist-mlp", "--data", "random", "--points", "2", "--dirs", "2", "--dtype", "bfloat16",
+               "--out", str(tmp_path / "x.json"), "--no-progress"])
+    assert rc == 2 and "bfloat16" in capsys.readouterr().err and not (tmp_path / "x.json").exists()

@@ -114,20 +114,23 @@ class FuseContext:
         self.stats[kind] = self.stats.get(kind, 0) + 1
         self.interceptor.add_site(act_mod, counts, neurons)
 
-    def _batch(self, x) -> bool:
-        return isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[0] == self.interceptor.rows
+    def _batch(self, x, act: nn.Module) -> bool:
+        """``x`` holds the batch in dim 0 and so does the site of ``act`` (by the batch-layout
+        probe, docs/design.md#batch-dimension: ``T = rows`` in dim 0 is not a batch)."""
+        return (isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[0] == self.interceptor.rows
+                and self.interceptor.planned_batch_dim(act) in (0, NotImplemented))
 
     # -- Linear -> act ------------------------------------------------------
-    def _gemm_ok(self, x, *lins) -> bool:
+    def _gemm_ok(self, x, act, *lins) -> bool:
         """The fused GEMM handles ``x`` ``(rows, *T, K)`` in float32/bf16/fp16 with
         weights of the same dtype and device, and ``V <= MAX_FUSED_V``."""
-        return (self._batch(x) and x.dtype in GEMM_DTYPES and self.V <= self.max_v
+        return (self._batch(x, act) and x.dtype in GEMM_DTYPES and self.V <= self.max_v
                 and x.shape[-1] == lins[0].in_features
                 and all(lin.weight.dtype == x.dtype and lin.weight.device == x.device
                         and (lin.bias is None or lin.bias.dtype == x.dtype) for lin in lins))
 
     def linear_act(self, lin: nn.Linear, act: nn.Module, x):
-        if not self._gemm_ok(x, lin):
+        if not self._gemm_ok(x, act, lin):
             return act(lin(x))
         kind, slope = act_spec(act)
         T = math.prod(x.shape[1:-1])
@@ -138,7 +141,7 @@ class FuseContext:
         return out
 
     def mlp(self, lin1: nn.Linear, act: nn.Module, lin2: nn.Linear, x):
-        if not self._gemm_ok(x, lin1, lin2) or lin2.in_features != lin1.out_features:
+        if not self._gemm_ok(x, act, lin1, lin2) or lin2.in_features != lin1.out_features:
             return lin2(act(lin1(x)))
         kind, _ = act_spec(act)
         T = math.prod(x.shape[1:-1])
@@ -150,7 +153,7 @@ class FuseContext:
     # -- BN -> (+ residual) -> act -------------------------------------------
     def bn_act(self, bn, act: nn.Module, x, residual=None):
         spec = act_spec(act)
-        ok = (spec is not None and _is_bn(bn) and not bn.training and self._batch(x)
+        ok = (spec is not None and _is_bn(bn) and not bn.training and self._batch(x, act)
               and x.dtype in KERNEL_DTYPES and x.shape[1] == bn.num_features
               and (residual is None or (isinstance(residual, torch.Tensor) and residual.shape == x.shape)))
         if not ok:

@@ -7,7 +7,9 @@ every backend:
 
 * ``sites="activations"``: every call of a function of the activation catalogue
   (:mod:`lcfast.acts`) whose first argument is a floating tensor carrying the batch
-  (the handler's :meth:`SiteHandler.batch_dim` says where, or that it is not a batch);
+  (where: the batch-layout probe, :func:`probe_layouts`, found it by provenance
+  before the first chunk, docs/design.md#batch-dimension; a handler may instead
+  recognise the batch by type with :meth:`SiteHandler.batch_dim`);
 * ``sites=[modules]``: the output of each named module (a global forward hook).
 
 At each site it builds a :class:`Site` (name, the *untouched* argument tensor, its
@@ -15,7 +17,9 @@ batch dimension, neurons) and hands it to :meth:`SiteHandler.handle`, which retu
 ``(out, counts)``: ``out`` replaces the call's result (activation sites) or the
 module's output (module-output sites); ``counts`` ``(n,)`` are collected in call
 order.  A backend that computes a site outside the mode's view (a fused block kernel)
-reports it with :meth:`SiteInterceptor.add_site`.
+reports it with :meth:`SiteInterceptor.add_site` (and may ask
+:meth:`SiteInterceptor.planned_batch_dim` first).  A model called through ``forward=``
+/ ``extra=`` is handed to backends as a :class:`ModelCall`.
 
 Extending it (no other interception mechanism is needed):
 
@@ -43,7 +47,8 @@ from torch.overrides import TorchFunctionMode
 
 from ..sites import ACTIVATION_MODULES, SiteSpec, parse_activation
 
-__all__ = ["ActCall", "Site", "SiteHandler", "SiteInterceptor", "size_batch_dim"]
+__all__ = ["ActCall", "Site", "SiteHandler", "SiteInterceptor", "size_batch_dim", "probe_layouts",
+           "decide_layouts", "ModelCall"]
 
 
 @dataclasses.dataclass
@@ -108,15 +113,58 @@ def size_batch_dim(t: torch.Tensor, rows: int) -> int | None:
     return hits[0] if len(hits) == 1 else None
 
 
+def call_model(model: nn.Module, batch, **extra):
+    """The default ``forward=``: ``model(batch, **extra)``."""
+    return model(batch, **extra)
+
+
+class ModelCall(nn.Module):
+    """The user's model called as ``forward(model, batch, **extra)``, each per-point extra
+    input repeated for the rows the engine propagates for that point.
+
+    Backends call it like the model (``call(batch)``); interceptors name sites on the
+    wrapped model (:attr:`inner`), so names do not change.
+
+    Args:
+        model: the model.
+        forward: ``(model, batch, **extra) -> output`` (default :func:`call_model`).
+        extra: ``{name: (n, ...) tensor}`` per point, in point order; other values are
+            passed unchanged.
+        n: points in the batch.
+
+    Example:
+        >>> call = ModelCall(model, lambda m, v, mask: m(pixel_values=v, attention_mask=mask), {"mask": m2}, 2)
+        >>> call(v)  # v (2*V, *S); the mask rows (2, T) become (2*V, T), V rows per point
+    """
+
+    def __init__(self, model: nn.Module, forward: Callable | None, extra: dict, n: int):
+        super().__init__()
+        self.inner = model
+        self._call = forward or call_model
+        self._extra, self._n = dict(extra), n
+
+    def forward(self, batch):
+        rows = batch.shape[0]
+        if rows % self._n:
+            raise RuntimeError(f"internal error: {rows} batch rows for {self._n} points")
+        per = rows // self._n
+        extra = {k: (v.repeat_interleave(per, dim=0) if isinstance(v, torch.Tensor) else v)
+                 for k, v in self._extra.items()}
+        return self._call(self.inner, batch, **extra)
+
+
 class SiteHandler:
     """What a backend does at a site.  Subclasses implement :meth:`count`, or override
     :meth:`handle` (fused count + activation, other representations of the batch)."""
 
-    def batch_dim(self, value: torch.Tensor, rows: int) -> int | None:
-        """Where ``value`` holds the batch of ``rows`` rows; ``None``: not a per-sample
-        tensor, so not a site.  Default: :func:`size_batch_dim`.  Override to recognise
-        a batch by its type rather than its size."""
-        return size_batch_dim(value, rows)
+    def batch_dim(self, value: torch.Tensor, rows: int):
+        """Where ``value`` holds the batch of ``rows`` rows: an ``int``, or ``None`` (not
+        a per-sample tensor, so not a site).  Override to recognise a batch by its type
+        (e.g. a tensor subclass carrying centre and offsets).  The default,
+        ``NotImplemented``, leaves it to the interceptor: the layout the batch-layout
+        probe found for this site (:func:`probe_layouts`), or, for an interceptor built
+        without layouts, :func:`size_batch_dim`."""
+        return NotImplemented
 
     def count(self, pre: torch.Tensor, V: int) -> torch.Tensor:
         """Crossed neurons per point: ``pre`` ``(n*V, *F)`` batch-major -> ``LongTensor (n,)``."""
@@ -163,9 +211,15 @@ class SiteInterceptor(TorchFunctionMode):
 
     def __init__(self, model: nn.Module, spec: SiteSpec, handler: SiteHandler, rows: int, V: int):
         super().__init__()
+        if isinstance(model, ModelCall):  # the model called through forward=/extra=
+            model = model.inner
         # sites named by module are looked up by name on the model that runs (it may be a
         # cast copy of the model they were resolved on)
         self.model, self.spec, self.handler, self.rows, self.V = model, spec.on(model), handler, rows, V
+        #: batch dimension per site key (``"<owner>#j"``, ``j`` counting the owner's
+        #: activation calls on floating tensors, sites or not), from :func:`probe_layouts`
+        self.layouts: dict[str, int | None] | None = spec.layouts
+        self._candidates: dict[str, int] = {}
         self.neurons: list[int] = []
         self._owners: list[tuple[str, int, bool]] = []  # (owner, k, module-output site)
         self._counts: list[torch.Tensor] = []
@@ -205,11 +259,43 @@ class SiteInterceptor(TorchFunctionMode):
             the site's name.
         """
         owner_name = self.module_name(owner)
+        self._candidates[owner_name] = self._candidates.get(owner_name, 0) + 1
         k = self._calls[owner_name] = self._calls.get(owner_name, 0) + 1
         self._owners.append((owner_name, k, False))
         self.neurons.append(int(neurons))
         self._counts.append(counts)
         return f"{owner_name}#{k}"
+
+    def planned_batch_dim(self, owner: nn.Module):
+        """The probed batch dimension of the next call of activation module ``owner``
+        (asked by a fused kernel before it computes that site itself): an ``int``,
+        ``None`` (not a site), or ``NotImplemented`` without a probe."""
+        if self.layouts is None:
+            return NotImplemented
+        name = self.module_name(owner)
+        return self.layouts.get(f"{name}#{self._candidates.get(name, 0) + 1}", NotImplemented)
+
+    def _batch_dim(self, owner: str, value: torch.Tensor) -> int | None:
+        """The batch dimension of ``value`` at the next call owned by ``owner``
+        (docs/design.md#batch-dimension): the handler's answer when it recognises the
+        batch by type, else the probed layout of this site, checked against the shape."""
+        j = self._candidates[owner] = self._candidates.get(owner, 0) + 1
+        typed = self.handler.batch_dim(value, self.rows)
+        if typed is not NotImplemented:
+            return typed
+        if self.layouts is None:
+            return size_batch_dim(value, self.rows)
+        key = f"{owner}#{j}"
+        if key not in self.layouts:
+            raise RuntimeError(
+                f"site {key!r} (shape {tuple(value.shape)}) was not seen by the batch-layout probe: the "
+                "model calls different activations for different batch sizes (data-dependent control flow?)")
+        dim = self.layouts[key]
+        if dim is not None and (value.dim() <= dim or value.shape[dim] != self.rows):
+            raise RuntimeError(
+                f"site {key!r}: the batch-layout probe found the batch in dimension {dim}, but this call has "
+                f"shape {tuple(value.shape)} for a batch of {self.rows} rows")
+        return dim
 
     def _handle(self, site: Site, call: ActCall | None):
         out, counts = self.handler.handle(site, call)
@@ -233,7 +319,7 @@ class SiteInterceptor(TorchFunctionMode):
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"sites: module {name!r} returned {type(output).__name__}, expected a Tensor")
         with torch._C.DisableTorchFunction():
-            batch_dim = self.handler.batch_dim(output, self.rows)
+            batch_dim = self._batch_dim(name, output)
             if batch_dim is None:
                 raise ValueError(
                     f"sites: output of module {name!r} has shape {tuple(output.shape)}, with no dimension "
@@ -271,14 +357,16 @@ class SiteInterceptor(TorchFunctionMode):
         if parsed is None:
             return func(*args, **kwargs)
         pre = args[0]
-        batch_dim = self.handler.batch_dim(pre, self.rows)
-        if batch_dim is None or not pre.is_floating_point():
-            return func(*args, **kwargs)  # not a per-sample tensor: not a site
+        if not pre.is_floating_point():
+            return func(*args, **kwargs)
         owner_mod = self._stack[-1] if self._stack else self.model
         owner = self.module_name(owner_mod)
         if not isinstance(owner_mod, ACTIVATION_MODULES):
             fname = (getattr(func, "__name__", None) or str(func)).rstrip("_")
             owner = f"{owner}.{fname}" if owner else fname
+        batch_dim = self._batch_dim(owner, pre)
+        if batch_dim is None:
+            return func(*args, **kwargs)  # not a per-sample tensor: not a site
         call = ActCall(*parsed, func, args, kwargs)
         return self._handle(self._new_site(owner, pre, batch_dim, False), call)
 
@@ -290,3 +378,112 @@ class SiteInterceptor(TorchFunctionMode):
         if not self._counts:
             return torch.zeros(n, 0, dtype=torch.long, device=device)
         return torch.stack([c.to(torch.long) for c in self._counts], dim=1)
+
+
+# ---------------------------------------------------------------------------
+# Where each site holds the batch: the batch-layout probe (docs/design.md#batch-dimension)
+# ---------------------------------------------------------------------------
+
+
+class _LayoutRecorder(SiteInterceptor):
+    """Runs a forward with no site at all, recording the shape of every candidate site
+    value under its key (``"<owner>#j"``)."""
+
+    def __init__(self, model: nn.Module, spec: SiteSpec, rows: int, V: int):
+        super().__init__(model, spec, SiteHandler(), rows, V)
+        self.layouts = None
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def _batch_dim(self, owner, value):
+        j = self._candidates[owner] = self._candidates.get(owner, 0) + 1
+        self.shapes[f"{owner}#{j}"] = tuple(int(d) for d in value.shape)
+        return None
+
+    def _module_output_site(self, module, output):
+        if isinstance(output, torch.Tensor):
+            self._batch_dim(self.spec.modules[module], output)
+        return None
+
+
+def _record(model: nn.Module, spec: SiteSpec, V: int, run: Callable[[int], Any], k: int, fake: bool):
+    recorder = _LayoutRecorder(model, spec, k * V, V)
+    if fake:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        with FakeTensorMode(allow_non_fake_inputs=True), recorder:
+            run(k)
+    else:
+        with recorder:
+            run(k)
+    return k * V, recorder.shapes
+
+
+def probe_layouts(model: nn.Module, spec: SiteSpec, V: int, run: Callable[[int], Any]) -> dict[str, int | None]:
+    """Find where every site holds the batch, by provenance rather than by size.
+
+    The forward runs for two batch sizes (2 and 3 points under a ``FakeTensorMode``:
+    shapes only, no arithmetic; if the model cannot run on fake tensors, e.g. it reads
+    a value with ``.item()``, for real with 1 and 2 points).  The batch dimension of a
+    site is the one dimension whose size follows the batch; a dimension that merely has
+    the batch's size in one run (sequence length ``T = 2P``) does not move.
+
+    Args:
+        model: the model as it will be measured.
+        spec: the resolved sites.
+        V: rows per point.
+        run: ``run(k)`` runs the model's forward on a batch of ``k`` points (``k*V``
+            rows), exactly as a chunk will.
+
+    Returns:
+        ``{site key: batch dim, or None when the tensor does not carry the batch}``.
+
+    Raises:
+        ValueError: a site whose batch is folded with another dimension, or whose
+            batch dimension cannot be decided (the message names the site).
+        RuntimeError: the sites differ between the two batch sizes.
+    """
+    try:
+        a, b = (_record(model, spec, V, run, k, fake=True) for k in (2, 3))
+    except Exception:  # noqa: BLE001 - any op or model code that fake tensors do not support
+        a, b = (_record(model, spec, V, run, k, fake=False) for k in (1, 2))
+    return decide_layouts(a, b)
+
+
+def decide_layouts(a: tuple[int, dict], b: tuple[int, dict]) -> dict[str, int | None]:
+    """Batch dimension per site from its shapes at two batch sizes.
+
+    Args:
+        a, b: ``(rows, {site key: shape})`` of two forwards with different rows.
+
+    Returns:
+        ``{key: dim}``: the one dimension that has the batch size in both runs, or
+        ``None`` for a value whose shape does not depend on the batch.
+
+    Example:
+        >>> decide_layouts((100, {"relu#1": (50, 100, 8)}), (150, {"relu#1": (50, 150, 8)}))
+        {'relu#1': 1}
+    """
+    (ra, sa), (rb, sb) = a, b
+    if sa.keys() != sb.keys():
+        diff = sorted(set(sa) ^ set(sb))
+        raise RuntimeError(f"the model calls different activations for batches of {ra} and {rb} rows "
+                           f"({diff[:5]}): lcfast cannot tell where their batch is")
+    out: dict[str, int | None] = {}
+    for key, shape_a in sa.items():
+        shape_b = sb[key]
+        moved = [d for d in range(len(shape_a)) if len(shape_a) == len(shape_b) and shape_a[d] != shape_b[d]]
+        if len(shape_a) == len(shape_b) and not moved:
+            out[key] = None  # not a per-sample tensor
+        elif len(moved) == 1 and shape_a[moved[0]] == ra and shape_b[moved[0]] == rb:
+            out[key] = moved[0]
+        elif len(moved) == 1 and shape_a[moved[0]] % ra == 0 and shape_a[moved[0]] // ra * rb == shape_b[moved[0]]:
+            d, t = moved[0], shape_a[moved[0]] // ra
+            raise ValueError(
+                f"site {key!r}: its batch is folded with another dimension (dimension {d} has {t} rows per "
+                f"batch row, e.g. a (B*T, F) activation), so lcfast cannot tell which rows belong to which "
+                f"point. Keep the batch as its own dimension at the activation (e.g. reshape to (B, T, F) "
+                f"before it), or pass sites=[...] naming modules whose outputs keep it")
+        else:
+            raise ValueError(
+                f"site {key!r}: cannot decide its batch dimension: its shape is {shape_a} for a batch of {ra} "
+                f"rows and {shape_b} for {rb} rows")
+    return out

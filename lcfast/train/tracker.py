@@ -111,7 +111,9 @@ class LCTracker:
         lc_model: module whose LC is measured (default ``model``).
         lc_input: callable ``(name, x) -> input of lc_model`` applied at log time
             (e.g. token embeddings); frames are then not cached.
-        sites, backend, dtype, chunk_size: passed to :func:`lcfast.local_complexity`.
+        sites, backend, dtype, chunk_size, forward: passed to :func:`lcfast.local_complexity`.
+        extra: ``{set name: {input name: (N_k, ...) tensor}}`` per-point extra inputs of
+            each set, passed as ``extra=`` to :func:`lcfast.local_complexity`.
         ids: ``{name: LongTensor (N_k,)}`` explicit frame ids.
         cache_frames: compute each set's frames once (when they fit 1 GiB).
         tensorboard_dir: also write scalars there when ``torch.utils.tensorboard``
@@ -132,6 +134,8 @@ class LCTracker:
                  lc_input: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
                  sites="activations", backend: str = "auto", dtype: torch.dtype | None = None,
                  chunk_size: int | None = None,
+                 forward: Callable | None = None,
+                 extra: Mapping[str, Mapping[str, Any]] | None = None,
                  ids: Mapping[str, torch.Tensor] | None = None,
                  cache_frames: bool = True,
                  tensorboard_dir: str | os.PathLike | None = None,
@@ -154,8 +158,16 @@ class LCTracker:
                             for r in radii):
             raise ValueError(f"radius must be a number > 0 or a non-empty sequence of them, got {radius!r}")
         self.radii = [float(r) for r in radii]
+        if isinstance(n_dirs, bool) or not isinstance(n_dirs, numbers.Integral):
+            raise TypeError(f"n_dirs must be an int (directions per point), got {n_dirs!r}")
+        if n_dirs < 1:
+            raise ValueError(f"n_dirs must be >= 1 (directions per point), got {n_dirs}")
         self.n_dirs, self.seed = int(n_dirs), int(seed)
         self.sites, self.backend, self.dtype, self.chunk_size = sites, backend, dtype, chunk_size
+        self.forward, self.extra = forward, dict(extra or {})
+        for k in self.extra:
+            if k not in self.points:
+                raise ValueError(f"extra[{k!r}]: no point set named {k!r} (sets: {list(self.points)})")
         self.labels = dict(labels or {})
         for k, y in self.labels.items():
             if k not in self.points:
@@ -293,7 +305,8 @@ class LCTracker:
                 for r in self.radii:
                     res = local_complexity(self.lc_model, xin.detach(), radius=r, n_dirs=self.n_dirs, seed=self.seed,
                                            ids=self.ids[name], directions=frames, sites=self.sites,
-                                           backend=self.backend, dtype=self.dtype, chunk_size=self.chunk_size)
+                                           backend=self.backend, dtype=self.dtype, chunk_size=self.chunk_size,
+                                           forward=self.forward, extra=self.extra.get(name))
                     rec.setdefault("lc_backend", res.meta.get("backend"))
                     rows = res.summary().rows
                     tot = rows[-1]
