@@ -19,7 +19,7 @@ from .engine.base import Backend, ChunkResult, model_device, model_guard, _model
 from .engine.chunking import ChunkPlan, SizeProbe
 from .engine.intercept import ModelCall, probe_layouts
 from .neighborhood import random_frames, shared_frame, vertices
-from .oom import measure_halving
+from .oom import is_out_of_memory, measure_halving
 from .result import LCResult
 from .sites import SiteSpec
 
@@ -381,8 +381,15 @@ def _with_layouts(calls: Callable[[int], nn.Module], spec: SiteSpec, x1: torch.T
     run through ``calls(k)`` (the model, called for ``k`` copies of the first point)."""
     v1 = vertices(x1, dirs1, radius)
     ones = (1,) * (v1.dim() - 1)
-    return dataclasses.replace(spec, layouts=probe_layouts(model, spec, v1.shape[0],
-                                                           lambda k: calls(k)(v1.repeat(k, *ones))))
+    try:
+        layouts = probe_layouts(model, spec, v1.shape[0], lambda k: calls(k)(v1.repeat(k, *ones)))
+    except Exception as e:  # noqa: BLE001 - only out of memory is rephrased
+        if not is_out_of_memory(e):
+            raise
+        raise RuntimeError("out of memory with two points per forward (the site-layout probe runs the model for "
+                           "1 and 2 points when fake tensors cannot): the model does not fit this device at this "
+                           "input size") from e
+    return dataclasses.replace(spec, layouts=layouts)
 
 
 def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, list[str], list[int]]:

@@ -275,7 +275,8 @@ def test_fuzz_against_float64_brute_force(capsys):
 
 
 # ---------------------------------------------------------------------------
-# Known bugs (issue 11 item 1), kept as cases that must flip once fixed
+# Former silent wrong counts (issue 11 item 1), fixed by the site-layout probe: each is
+# measured correctly, or (a folded batch) refused with a clear ValueError
 # ---------------------------------------------------------------------------
 
 def _case(kind, shape, blocks, n_dirs, chunk_size=None, n=2):
@@ -284,7 +285,6 @@ def _case(kind, shape, blocks, n_dirs, chunk_size=None, n=2):
                 chunk_size=chunk_size, dtype=torch.float64)
 
 
-_ITEM1 = "issue 11 item 1: site batch dimension guessed by size"
 KNOWN_BUGS = {
     # sequence-first MLP (T, B, H) with T = 2P: the one-point probe chunk takes T as the batch
     "seqfirst_T_eq_2P": _case("seq", (4, 3), [("tokmlp", dict(act="nn.ReLU", hidden=5, layout="seqfirst"))], 2),
@@ -301,8 +301,7 @@ KNOWN_BUGS = {
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=f"{_ITEM1} ({k})"))
-                                  for k in KNOWN_BUGS])
+@pytest.mark.parametrize("name", list(KNOWN_BUGS))
 def test_known_batch_dim_bugs(name):
     """Measured correctly, or refused with a clear ValueError (both fix the silent wrong count)."""
     try:
