@@ -13,9 +13,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from .engine import check_compute_dtype, naive_low_precision
-from .engine.policy import engine_for  # the auto choice and first-chunk fallback (lcfast/engine/policy.py)
-from .engine.base import Backend, ChunkResult, model_device, model_guard, _model_dtype
+from .engine import check_compute_dtype, low_precision_route, naive_low_precision
+from .engine.policy import FallbackEngine, engine_for  # the auto choice and first-chunk fallback (lcfast/engine/policy.py)
+from .engine.base import Backend, ChunkResult, merge_chunk_meta, model_device, model_guard, _model_dtype
 from .engine.chunking import ChunkPlan, SizeProbe
 from .engine.intercept import ModelCall, probe_layouts
 from .neighborhood import random_frames, shared_frame, vertices
@@ -115,12 +115,13 @@ def local_complexity(
                         shared_directions, check_directions, forward, extra)
     plan = _plan(request)
     t0 = time.perf_counter()
-    counts, names, neurons = _run(request, plan, progress)
-    meta = dict(backend=plan.engine.name, dtype=str(plan.dtype).replace("torch.", ""), seed=request.seed,
+    counts, names, neurons, engine_meta = _run(request, plan, progress)
+    meta = dict(backend=plan.engine.name, dtype=str(request.dtype or plan.dtype).replace("torch.", ""), seed=request.seed,
                 device=str(plan.device), seconds=time.perf_counter() - t0, **plan.engine.meta,
                 directions="given" if directions is not None else ("shared" if shared_directions else "per_point"),
                 **({"compiled_model": "measured its _orig_mod"} if request.compiled else {}),
-                **({"chunk_size_after_oom": plan.chunks.after_oom} if plan.chunks.after_oom else {}))
+                **({"chunk_size_after_oom": plan.chunks.after_oom} if plan.chunks.after_oom else {}),
+                **{k: v for k, v in engine_meta.items() if k != "_points"})
     return LCResult(counts=counts, sites=names, neurons=torch.tensor(neurons, dtype=torch.long),
                     ids=request.ids, radius=request.radius, n_dirs=request.P, meta=meta)
 
@@ -361,8 +362,13 @@ def _plan(request: _Request) -> _Plan:
     spec = SiteSpec.resolve(model, request.sites)
     device = model_device(model, request.x.device)
     dtype = request.dtype or _model_dtype(model)
-    check_compute_dtype(dtype, "dtype" if request.dtype is not None else "model")
-    engine = engine_for(request.backend, device)
+    dtype, offsets_dtype = low_precision_route(dtype, request.backend)
+    if offsets_dtype is not None:  # centre in `dtype` (float32), offsets in bf16/fp16
+        from .engine.offsets import OffsetsBackend
+        engine = FallbackEngine([OffsetsBackend(offsets_dtype)], device)
+    else:
+        check_compute_dtype(dtype, "dtype" if request.dtype is not None else "model")
+        engine = engine_for(request.backend, device)
     V = 2 * request.P
     point_bytes = math.prod(request.S) * torch.finfo(dtype).bits // 8
     return _Plan(device, dtype, engine, spec, ChunkPlan(request.N, V, point_bytes, device, request.chunk_size))
@@ -392,12 +398,14 @@ def _with_layouts(calls: Callable[[int], nn.Module], spec: SiteSpec, x1: torch.T
     return dataclasses.replace(spec, layouts=layouts)
 
 
-def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, list[str], list[int]]:
-    """Counts ``(N, L)``, site names and neurons per site, chunk by chunk."""
+def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, list[str], list[int], dict]:
+    """Counts ``(N, L)``, site names, neurons per site and the engine's merged chunk
+    reports (:func:`lcfast.engine.base.merge_chunk_meta`), chunk by chunk."""
     N, S, P = request.N, request.S, request.P
     device, dtype, engine, spec = plan.device, plan.dtype, plan.engine, plan.spec
     names: list[str] | None = None
     neurons: list[int] = []
+    engine_meta: dict = {}  # what an engine reports per chunk (the offsets engine: rows per point, breaks)
 
     def check_sites(res: ChunkResult) -> torch.Tensor:
         nonlocal names, neurons
@@ -411,6 +419,8 @@ def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, 
             raise RuntimeError(
                 "the model called different sites for different chunks (data-dependent control "
                 f"flow?): {names[:5]}... vs {res.names[:5]}...")
+        if getattr(res, "meta", None):
+            merge_chunk_meta(engine_meta, res.meta, res.counts.shape[0])
         return res.counts.cpu()
 
     with model_guard(request.model, device, dtype) as model:
@@ -451,7 +461,7 @@ def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, 
             spec = _with_layouts(lambda k: called(torch.zeros(k, dtype=torch.long)), spec, zero, zero_dirs,
                                  request.radius, model)
             check_sites(engine.run_chunk(zero_call, zero, zero_dirs, request.radius, spec))
-            return torch.zeros(0, len(names), dtype=torch.long), names, neurons
+            return torch.zeros(0, len(names), dtype=torch.long), names, neurons, {}
         spec = _with_layouts(lambda k: called(torch.zeros(k, dtype=torch.long)), spec,
                              request.x[:1].to(device=device, dtype=dtype), frames(0, 1), request.radius, model)
         bar = None
@@ -483,4 +493,4 @@ def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, 
                 bar.close()
         if plan.chunks.size != first:
             plan.chunks.after_oom = plan.chunks.size
-        return torch.cat(parts, 0), names, neurons
+        return torch.cat(parts, 0), names, neurons, engine_meta

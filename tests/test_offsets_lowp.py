@@ -140,3 +140,17 @@ def test_several_radii_in_one_pass(name):
         assert torch.equal(res.counts, oracle.counts)
         seen += int(oracle.counts.sum())
     assert seen > 0
+
+
+def test_local_complexity_routes_bf16_to_offsets():
+    """``lcfast.local_complexity(dtype=bf16)`` (backend auto) runs the offsets engine with a
+    float32 centre: totals within max(1%, 2) of float64, rows per point reported."""
+    import lcfast
+    model = zoo.cnn()
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    exact = lcfast.local_complexity(model, x, radius=0.05, n_dirs=6, backend="reference", dtype=torch.float64)
+    res = lcfast.local_complexity(model, x, radius=0.05, n_dirs=6, dtype=torch.bfloat16)
+    assert res.meta["backend"] == "offsets" and res.meta["offsets_dtype"] == "bfloat16"
+    assert 1 <= res.meta["rows_per_point"] <= 2 * 6
+    tot, ref = int(res.counts.sum()), int(exact.counts.sum())
+    assert ref > 20 and abs(tot - ref) <= max(0.01 * ref, 2), (tot, ref)

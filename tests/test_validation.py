@@ -137,11 +137,17 @@ def test_tracker_n_dirs_is_checked():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_dtype_is_refused(model, dtype):
+    """A vertex-pushing backend refuses bf16/fp16 (it would count rounding noise); auto
+    and offsets route it to the centre + offsets engine (centre float32)."""
     with pytest.raises(ValueError, match="dtype.*rounding noise"):
-        lcfast.local_complexity(model, X, n_dirs=2, dtype=dtype)
+        lcfast.local_complexity(model, X, n_dirs=2, dtype=dtype, backend="reference")
     low = zoo.mlp(d_in=30).to(dtype)  # dtype=None: the model's own dtype
     with pytest.raises(ValueError, match="model's dtype.*rounding noise"):
-        lcfast.local_complexity(low, X.to(dtype), n_dirs=2)
+        lcfast.local_complexity(low, X.to(dtype), n_dirs=2, backend="reference")
+    for backend in ("auto", "offsets"):
+        res = lcfast.local_complexity(model, X, n_dirs=2, dtype=dtype, backend=backend)
+        assert res.meta["backend"] == "offsets" and res.meta["offsets_dtype"] == str(dtype)[6:]
+        assert res.meta["centre_dtype"] == "float32" and res.meta["rows_per_point"] >= 1
     from lcfast.api import naive_low_precision
     with naive_low_precision():  # the escape hatch for studying the noise
         assert lcfast.local_complexity(model, X, n_dirs=2, dtype=dtype, backend="reference").counts.shape == (3, 3)
@@ -150,5 +156,5 @@ def test_low_precision_dtype_is_refused(model, dtype):
 def test_cli_low_precision_dtype_is_refused(tmp_path, capsys):
     from lcfast.cli import main
     rc = main(["--model", "mnist-mlp", "--data", "random", "--points", "2", "--dirs", "2", "--dtype", "bfloat16",
-               "--out", str(tmp_path / "x.json"), "--no-progress"])
+               "--backend", "reference", "--out", str(tmp_path / "x.json"), "--no-progress"])
     assert rc == 2 and "bfloat16" in capsys.readouterr().err and not (tmp_path / "x.json").exists()

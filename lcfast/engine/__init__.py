@@ -86,6 +86,20 @@ def naive_low_precision():
         _naive_low_precision[0] = old
 
 
+def low_precision_route(dtype: torch.dtype, backend: str) -> tuple[torch.dtype, torch.dtype | None]:
+    """Where a low-precision compute dtype goes: ``(dtype the model runs in, offsets dtype)``.
+
+    bfloat16/float16 with ``backend="auto"`` or ``"offsets"`` run the centre + offsets
+    engine (:mod:`lcfast.engine.offsets`): the model and the centre in float32, the
+    offsets in ``dtype`` (counts within the accuracy measured in
+    ``benchmarks/results/offsets-accuracy-cpu.md``).  Everything else is unchanged
+    (``offsets dtype`` ``None``), and :func:`check_compute_dtype` then decides.
+    """
+    if dtype in NAIVE_NOISE_DTYPES and backend in ("auto", "offsets") and not _naive_low_precision[0]:
+        return torch.float32, dtype
+    return dtype, None
+
+
 def check_compute_dtype(dtype: torch.dtype, source: str = "dtype") -> None:
     """Refuse a compute dtype whose vertices would be pushed naively into rounding noise.
 
@@ -106,5 +120,6 @@ def check_compute_dtype(dtype: torch.dtype, source: str = "dtype") -> None:
     raise ValueError(
         f"{where} is not supported yet: the vertices x +- r*v differ from x by about r/sqrt(D) per value, "
         f"below {name}'s resolution, so pushing them in {name} counts rounding noise (naive bfloat16 found "
-        "1,273 crossed neurons on ResNet18 at r=1e-3 where float64 finds 16). Measure in float32 or "
-        "float64 (dtype=torch.float32 measures a float32 copy; the model is not changed).")
+        "1,273 crossed neurons on ResNet18 at r=1e-3 where float64 finds 16). Use backend='auto' or "
+        "'offsets' (centre in float32, offsets in this dtype), or measure in float32 or float64 "
+        "(dtype=torch.float32 measures a float32 copy; the model is not changed).")

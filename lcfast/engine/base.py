@@ -161,3 +161,27 @@ def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
     return fallback
+
+
+def merge_chunk_meta(acc: dict, meta: dict, n: int) -> dict:
+    """Fold one chunk's report ``meta`` (``n`` points) into ``acc`` (for ``LCResult.meta``).
+
+    Rules by value: a key ending in ``_per_point`` is averaged over points (weighted by
+    ``n``); an int is summed (points, ops); a dict of ints is summed per key (points per
+    break reason); a string is kept (it is the same for every chunk); anything else (per
+    point lists) is left out.
+    """
+    seen = acc.get("_points", 0)
+    for k, v in meta.items():
+        if k.endswith("_per_point") and isinstance(v, (int, float)):
+            acc[k] = (acc.get(k, 0.0) * seen + float(v) * n) / max(seen + n, 1)
+        elif isinstance(v, bool) or isinstance(v, str):
+            acc.setdefault(k, v)
+        elif isinstance(v, int):
+            acc[k] = acc.get(k, 0) + v
+        elif isinstance(v, dict) and all(isinstance(x, int) for x in v.values()):
+            d = acc.setdefault(k, {})
+            for kk, x in v.items():
+                d[kk] = d.get(kk, 0) + x
+    acc["_points"] = seen + n
+    return acc
