@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import lcfast  # noqa: E402
+from lcfast.api import naive_low_precision  # noqa: E402
 import zoo  # noqa: E402
 from lcfast.engine.offsets import offsets_local_complexity  # noqa: E402
 from lcfast.frames import counter_frames  # noqa: E402
