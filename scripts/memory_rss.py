@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     if a.random:
         x = torch.rand(a.points, 1, 28, 28)
     else:
-        from lcfast.train.data import load_mnist
+        from lcfast.datasets import load_mnist
         x, _ = load_mnist(train=True, n=a.points)
     if a.trim == "chunk":
         from lcfast.engine.native import NativeBackend
