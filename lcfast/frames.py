@@ -27,6 +27,8 @@ import math
 
 import torch
 
+from .neighborhood import _orthonormal
+
 __all__ = ["FRAMES_VERSION", "frame_keys", "gaussian_frames", "orthonormal", "counter_frames"]
 
 FRAMES_VERSION = "lcfast-frames-1/splitmix64-counter/box-muller-f32/choleskyqr2"
@@ -99,23 +101,9 @@ def gaussian_frames(seed: int, ids, D: int, P: int, device=None) -> torch.Tensor
 
 
 def orthonormal(g: torch.Tensor) -> torch.Tensor:
-    """CholeskyQR2: ``Q`` of ``g = QR`` with ``diag(R) > 0``; ``(..., D, P)`` float32.
-
-    Gram matrices and their Cholesky factors in float64 (``P x P``, cheap), the
-    ``D x P`` triangular solves in float32.  Falls back to Householder QR (float64) for
-    a matrix whose Gram matrix is not positive definite.
-    """
-    q = g
-    for _ in range(2):
-        gram = (q.mT @ q).to(torch.float64)
-        L, info = torch.linalg.cholesky_ex(gram)
-        if bool((info != 0).any()):
-            qq, r = torch.linalg.qr(g.to(torch.float64), mode="reduced")
-            sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
-            sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-            return (qq * sign.unsqueeze(-2)).to(g.dtype)
-        q = torch.linalg.solve_triangular(L.to(q.dtype), q.mT, upper=False).mT
-    return q
+    """``Q`` of ``g = QR`` with ``diag(R) > 0``; ``(..., D, P)`` in ``g``'s dtype: the one
+    CholeskyQR2 of :func:`lcfast.neighborhood._orthonormal`, in float64."""
+    return _orthonormal(g.to(torch.float64)).to(g.dtype)
 
 
 def counter_frames(shape, n_dirs: int, seed: int, ids, device=None,
