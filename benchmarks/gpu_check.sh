@@ -17,7 +17,10 @@
 #   triton-<slug>.json        benchmarks/gpu_triton_check.py: correctness, auto224,
 #                             timing, workloads, tune sections (one file)
 #   gpu-<slug>-check.json     lcfast bench --check-only: every method vs the reference
+#   offsets-<slug>.json       benchmarks/gpu_offsets_check.py: offsets f32/bf16/fp16 vs
+#                             float64 and vs the bare forward (issue 10)
 #   gpu-<slug>.json / .md     the benchmark suite (rewritten after every workload)
+#   _C.cpython-*.so           the extension built there: carry it (lcfast/) in a rerun to skip the build
 #
 # Environment:
 #   LCFAST_GPU_CALL_LIMIT_S   the call's limit (device run's timeout_s; default 600)
@@ -47,7 +50,7 @@ say() { echo "[gpu_check +$(elapsed)s] $*"; }
 ship() { [ -n "$OUTD" ] || return 0; local f; for f in "$@"; do [ -f "$f" ] && cp -f "$f" "$OUTD/"; done; return 0; }
 
 DEV=${LCFAST_GPU_CHECK_DEVICE:-cuda}
-STEPS=${LCFAST_GPU_STEPS:-"build cuda-kernel cuda-tests triton-correctness auto224 check suite triton-timing tune"}
+STEPS=${LCFAST_GPU_STEPS:-"build cuda-kernel cuda-tests triton-correctness auto224 check offsets suite triton-timing tune"}
 if [ "$DEV" = cpu ]; then
     GPU="cpu (smoke test of gpu_check.sh)"; SLUG=cpu-smoke; SIZE=${LCFAST_BENCH_SIZE:-cpu}; SMOKE=--smoke
 else
@@ -57,8 +60,8 @@ else
     SIZE=${LCFAST_BENCH_SIZE:-gpu}; SMOKE=""
 fi
 LOG="$RES/gpu-$SLUG.log"; BLOG="$RES/gpu-$SLUG-build.log"; TRI="$RES/triton-$SLUG.json"
-CHECK="$RES/gpu-$SLUG-check.json"; SUITE="$RES/gpu-$SLUG.json"; SUITE_MD="$RES/gpu-$SLUG.md"
-rm -f "$LOG" "$BLOG" "$TRI" "$CHECK" "$SUITE" "$SUITE_MD" "$RES"/.gpu-"$SLUG"-*.json
+CHECK="$RES/gpu-$SLUG-check.json"; OFFS="$RES/offsets-$SLUG.json"; SUITE="$RES/gpu-$SLUG.json"; SUITE_MD="$RES/gpu-$SLUG.md"
+rm -f "$LOG" "$BLOG" "$TRI" "$CHECK" "$OFFS" "$SUITE" "$SUITE_MD" "$RES"/.gpu-"$SLUG"-*.json
 # the log grows in $OUT itself: a hard kill keeps every line printed so far
 exec > >(tee "$LOG" ${OUTD:+"$OUTD/$(basename "$LOG")"}) 2>&1
 export PYTHONUNBUFFERED=1 LCFAST_BENCH_DEVICE=$DEV LCFAST_BENCH_SIZE=$SIZE
@@ -86,7 +89,7 @@ step() {
 finish() {
     say "summary (budget ${BUDGET}s = limit ${LIMIT}s - margin ${MARGIN}s):"
     local s; for s in "${SUMMARY[@]}"; do echo "    $s"; done
-    ship "$BLOG" "$TRI" "$CHECK" "$SUITE" "$SUITE_MD"
+    ship "$BLOG" "$TRI" "$CHECK" "$OFFS" "$SUITE" "$SUITE_MD"
     say "done in $(elapsed)s"
 }
 CHILD=
@@ -100,6 +103,10 @@ uptime || true
 # ------------------------------------------------------------------ build (offline)
 build() {
     if [ "$DEV" = cpu ]; then echo "smoke test: no build (uses lcfast as installed here)"; return 0; fi
+    # a carried build of an earlier call (the .so shipped below) saves the rebuild
+    if $PY -c "from lcfast import _extension as e; assert e.has_kernel('crossing_act', 'cuda')" 2>/dev/null; then
+        echo "lcfast._C already present with its CUDA kernel (carried from an earlier call): no build"; return 0
+    fi
     local cap; cap=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))")
     echo "pip install -v --no-build-isolation --no-deps --no-index -e . (TORCH_CUDA_ARCH_LIST=$cap)"
     TORCH_CUDA_ARCH_LIST=$cap MAX_JOBS=$(nproc) $PY -m pip install -v --no-build-isolation --no-deps --no-index -e .
@@ -108,6 +115,10 @@ export -f build; export DEV PY BLOG
 step build 300 60 bash -c 'build >"$BLOG" 2>&1'
 BUILD_RC=$?
 ship "$BLOG"
+# the built extension comes back too (8th file), so a rerun can carry it instead of rebuilding
+[ "$DEV" != cpu ] && for so in lcfast/_C.cpython-*.so; do
+    [ -f "$so" ] && [ "$(stat -c %s "$so")" -lt 16000000 ] && ship "$so"
+done
 say "build log: $BLOG (rc=$BUILD_RC), last lines:"; tail -n 15 "$BLOG" 2>/dev/null | sed 's/^/    /'
 $PY -c "import lcfast, torch; print('lcfast from', lcfast.__file__, '| torch', torch.__version__, '| backends on $DEV:', lcfast.available_backends('$DEV'))" \
     || { say "lcfast does not import: stop"; finish; exit 3; }
@@ -136,6 +147,10 @@ CHECK_W=${LC_WORKLOADS:-all}; [ "$DEV" = cpu ] && CHECK_W=${LC_WORKLOADS:-mnist-
 step check 150 30 $PY -m lcfast.bench --workload $CHECK_W --device "$DEV" --size "$SIZE" --n 8 \
     --check-only --no-compile --json "$CHECK" || say "CHECK FAILURES: see $CHECK (failing methods are never timed)"
 ship "$CHECK"
+OFF_CASES=""; [ "$DEV" = cpu ] && OFF_CASES="--cases mnist-mlp"
+step offsets 150 40 $PY benchmarks/gpu_offsets_check.py $SMOKE $OFF_CASES --out "$OFFS" ${OUTD:+--copy-to "$OUTD"} \
+    --budget $(( $(left) > 150 ? 140 : $(left) - 10 )) || say "offsets check: rc=$? (see $OFFS)"
+ship "$OFFS"
 
 # ------------------------------------------------------------------ the suite at GPU sizes
 # seconds a workload needs at least (H200 estimates, fp32 without TF32: ~9 runs of the
