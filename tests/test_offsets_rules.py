@@ -6,12 +6,13 @@ op applied to the input's vertex values, computed directly in float64.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from lcfast.engine.offsets.nonlinear import crossing_counts
-from lcfast.engine.offsets.tensor import Layout, OffsetContext, OffsetTensor
+from lcfast.engine.offsets.tensor import Layout, OffsetContext, OffsetTensor, OffsetsError
 from lcfast.engine.reference import crossing_counts as reference_counts
 
 SET = settings(max_examples=20, deadline=None)
@@ -90,6 +91,38 @@ def test_conv_bn_pool(case):
     x = check_unary(case, (2, 6, 6), fn)
     with torch.no_grad():
         assert (fn(x).s is None) == (x.s is None)
+
+
+@pytest.fixture(scope="module")
+def cudnn_bn_on_cpu():
+    """``aten::cudnn_batch_norm`` given a CPU kernel for this module's tests: eval-mode
+    ``F.batch_norm`` dispatches to that op on a GPU (seen on an H200, where the offsets
+    engine first met it and raised), so its rule is tested here the way it is called
+    there: the centre through the op itself, the offsets by the rule."""
+    lib = torch.library.Library("aten", "IMPL")
+
+    def cpu_kernel(x, w, b, mean, var, training, momentum, eps):
+        out = F.batch_norm(x, mean, var, w, b, training=training, momentum=momentum, eps=eps)
+        return out, mean.clone(), var.clone(), x.new_empty(0, dtype=torch.uint8)
+    lib.impl("cudnn_batch_norm", cpu_kernel, "CPU")
+    try:
+        yield
+    finally:
+        lib._destroy()
+
+
+@SET
+@given(cases())
+def test_cudnn_batch_norm(cudnn_bn_on_cpu, case):
+    g = torch.Generator().manual_seed(5)
+    mean, var = torch.randn(3, generator=g, dtype=torch.float64), torch.rand(3, generator=g, dtype=torch.float64) + .5
+    gamma, beta = torch.randn(3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+    bn = lambda t: torch.ops.aten.cudnn_batch_norm(t, gamma, beta, mean, var, False, 0.1, 1e-5)[0]  # noqa: E731
+    x = check_unary(case, (3, 4, 4), bn)
+    with torch.no_grad():
+        assert (bn(x).s is None) == (x.s is None)  # eval BN keeps antisymmetry
+        with pytest.raises(OffsetsError, match="eval mode"):
+            torch.ops.aten.cudnn_batch_norm(x, gamma, beta, mean, var, True, 0.1, 1e-5)
 
 
 @SET

@@ -324,10 +324,17 @@ def _bn_scale(weight, var, eps, like):
     return s.to(like.dtype).reshape(1, -1, *([1] * (like.dim() - 2)))
 
 
-@_rule(_g("_native_batch_norm_legit_no_training", "default"), aten.native_batch_norm.default)
+# ops with a ``training`` flag at position 5: the CPU form and the ones eval-mode
+# ``F.batch_norm`` takes on a GPU (cuDNN for float32/16/bf16 on CUDA, MIOpen on ROCm;
+# measured on an H200: ``aten.cudnn_batch_norm``, returning (out, mean, invstd, reserve))
+_BN_TRAINING_FLAG = tuple(op for op in (aten.native_batch_norm.default, _g("cudnn_batch_norm", "default"),
+                                        _g("miopen_batch_norm", "default")) if op is not None)
+
+
+@_rule(_g("_native_batch_norm_legit_no_training", "default"), *_BN_TRAINING_FLAG)
 def _batch_norm(func, args, kwargs):
     x, weight, bias, mean, var = args[:5]
-    training = func is aten.native_batch_norm.default and (args[5] if len(args) > 5 else kwargs["training"])
+    training = func in _BN_TRAINING_FLAG and (args[5] if len(args) > 5 else kwargs["training"])
     if training or not isinstance(x, OffsetTensor) or any(isinstance(t, OffsetTensor) for t in args[1:5]):
         raise OffsetsError("batch norm must run in eval mode on the vertex batch only")
     if x.lay.bdim != 0:
