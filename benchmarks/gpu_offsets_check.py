@@ -10,8 +10,11 @@ For each case (model, points, radius) it measures, on one device:
 * ``bare-f32`` / ``bare-bf16``: a forward of the ``N * 2P`` vertex batch in float32 (TF32
   off) and in bfloat16 (a bf16 copy of the model): what "cheaper than a forward of the
   vertices" is measured against;
-* ``reference``, ``auto`` (float32 user calls) and ``offsets-f32``, ``offsets-bf16``,
-  ``offsets-f16`` (``lcfast.local_complexity(..., backend="offsets", dtype=...)``);
+* ``reference``, ``auto`` (float32 user calls; ``auto-probe``: the same with the
+  layout cache off, ``LCFAST_LAYOUT_CACHE=0``, as every call was before it) and
+  ``offsets-f32``, ``offsets-bf16``, ``offsets-f16``
+  (``lcfast.local_complexity(..., backend="offsets", dtype=...)``); ``offsets-bf16-c64``:
+  bf16 offsets around a float64 centre (``offsets_local_complexity(centre_dtype=...)``);
 * ``naive-bf16`` (the refused vertex push, under ``naive_low_precision()``): a method
   that must fail the accuracy criterion, so the criterion can fail.
 
@@ -42,6 +45,7 @@ import torch  # noqa: E402
 
 import lcfast  # noqa: E402
 from lcfast.api import naive_low_precision  # noqa: E402
+from lcfast.engine.offsets import offsets_local_complexity  # noqa: E402
 from lcfast.frames import counter_frames  # noqa: E402
 from lcfast.neighborhood import vertices  # noqa: E402
 from lcfast.testing import float64_oracle  # noqa: E402
@@ -57,7 +61,8 @@ CASES = (
     ("resnet18-224-r5e-3", "resnet18", (3, 224, 224), 16, 5e-3),
     ("vit_b_16-224-r1e-3", "vit_b_16", (3, 224, 224), 4, 1e-3),
 )
-METHODS = ("bare-f32", "bare-bf16", "reference", "auto", "offsets-f32", "offsets-bf16", "offsets-f16", "naive-bf16")
+METHODS = ("bare-f32", "bare-bf16", "reference", "auto", "auto-probe", "offsets-f32", "offsets-bf16", "offsets-f16",
+           "offsets-bf16-c64", "naive-bf16")
 
 
 def parse_args(argv=None):
@@ -101,6 +106,17 @@ def runner(method, model, model_bf16, x, dirs, r):
                 return lcfast.local_complexity(model, x, radius=r, directions=dirs, backend="reference",
                                                dtype=torch.bfloat16)
         return naive
+    if method == "auto-probe":
+        def probe_every_call():
+            os.environ["LCFAST_LAYOUT_CACHE"] = "0"
+            try:
+                return lcfast.local_complexity(model, x, radius=r, directions=dirs)
+            finally:
+                del os.environ["LCFAST_LAYOUT_CACHE"]
+        return probe_every_call
+    if method == "offsets-bf16-c64":
+        return lambda: offsets_local_complexity(model, x, radius=r, directions=dirs, dtype=torch.bfloat16,
+                                                centre_dtype=torch.float64)
     backend, dtype = {"reference": ("reference", None), "auto": ("auto", None),
                       "offsets-f32": ("offsets", None), "offsets-bf16": ("offsets", torch.bfloat16),
                       "offsets-f16": ("offsets", torch.float16)}[method]
@@ -176,12 +192,12 @@ def main(argv=None) -> int:
                     why = within(c, ref.cpu())
                     row.update(total=int(c.sum()), error=int(c.sum()) - int(ref.sum()), within=why is None,
                                why=why, equal_float64=bool(torch.equal(c, ref.cpu())))
-                    for k in ("backend", "rows_per_point", "antisymmetric_points", "breaks", "chunk_size"):
-                        if k in got.meta:
-                            row[k] = got.meta[k]
-                    if method != "naive-bf16" and why is not None and method != "offsets-f32" \
-                            and method not in ("reference", "auto"):
-                        failures += 1
+                    meta = getattr(got, "meta", {})
+                    for k in ("backend", "rows_per_point", "antisymmetric_points", "breaks", "chunk_size", "layout_probe"):
+                        if k in meta:
+                            row[k] = meta[k]
+                    if why is not None and method in ("offsets-bf16", "offsets-f16", "offsets-bf16-c64"):
+                        failures += 1  # float32 methods answer to the tolerance rule (bench check), not this
                 case[method] = row
                 bare = case.get("bare-f32", {}).get("s")
                 if bare:

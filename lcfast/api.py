@@ -18,6 +18,7 @@ from .engine.policy import FallbackEngine, engine_for  # the auto choice and fir
 from .engine.base import Backend, ChunkResult, merge_chunk_meta, model_device, model_guard, _model_dtype
 from .engine.chunking import ChunkPlan, SizeProbe
 from .engine.intercept import ModelCall, probe_layouts
+from .engine.layout_cache import cached_layouts
 from .neighborhood import random_frames, shared_frame, vertices
 from .oom import is_out_of_memory, measure_halving
 from .result import LCResult
@@ -380,22 +381,30 @@ def _plan(request: _Request) -> _Plan:
 
 
 def _with_layouts(calls: Callable[[int], nn.Module], spec: SiteSpec, x1: torch.Tensor, dirs1: torch.Tensor,
-                  radius: float, model: nn.Module) -> SiteSpec:
-    """``spec`` with the batch dimension of every site found by provenance
-    (:func:`lcfast.engine.intercept.probe_layouts`) on ``k`` copies of the first point's
-    vertices ``(V, *S)`` (``x1`` ``(1, *S)``, ``dirs1`` ``(1, P, *S)`` or ``(P, *S)``),
-    run through ``calls(k)`` (the model, called for ``k`` copies of the first point)."""
+                  radius: float, model: nn.Module, cache_for: nn.Module | None = None) -> tuple[SiteSpec, bool]:
+    """``(spec, cached)``: ``spec`` with the batch dimension of every site found by
+    provenance (:func:`lcfast.engine.intercept.probe_layouts`) on ``k`` copies of the
+    first point's vertices ``(V, *S)`` (``x1`` ``(1, *S)``, ``dirs1`` ``(1, P, *S)`` or
+    ``(P, *S)``), run through ``calls(k)`` (the model, called for ``k`` copies of the
+    first point); from :mod:`lcfast.engine.layout_cache` when ``cache_for`` (the user's
+    model) was probed before with the same structure and call (``cached`` is then True)."""
     v1 = vertices(x1, dirs1, radius)
     ones = (1,) * (v1.dim() - 1)
-    try:
-        layouts = probe_layouts(model, spec, v1.shape[0], lambda k: calls(k)(v1.repeat(k, *ones)))
-    except Exception as e:  # noqa: BLE001 - only out of memory is rephrased
-        if not is_out_of_memory(e):
-            raise
-        raise RuntimeError("out of memory with two points per forward (the site-layout probe runs the model for "
-                           "1 and 2 points when fake tensors cannot): the model does not fit this device at this "
-                           "input size") from e
-    return dataclasses.replace(spec, layouts=layouts)
+
+    def probe() -> dict:
+        try:
+            return probe_layouts(model, spec, v1.shape[0], lambda k: calls(k)(v1.repeat(k, *ones)))
+        except Exception as e:  # noqa: BLE001 - only out of memory is rephrased
+            if not is_out_of_memory(e):
+                raise
+            raise RuntimeError("out of memory with two points per forward (the site-layout probe runs the model "
+                               "for 1 and 2 points when fake tensors cannot): the model does not fit this device at "
+                               "this input size") from e
+    if cache_for is None:
+        return dataclasses.replace(spec, layouts=probe()), False
+    call_key = (tuple(v1.shape), v1.dtype, v1.device, spec.activations, tuple(spec.modules.values()))
+    layouts, hit = cached_layouts(cache_for, call_key, probe)
+    return dataclasses.replace(spec, layouts=layouts), hit
 
 
 def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, list[str], list[int], dict]:
@@ -458,12 +467,15 @@ def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, 
                 request.extra = {k: (v.new_zeros((1, *v.shape[1:])) if isinstance(v, torch.Tensor) else v)
                                  for k, v in request.extra.items()}
             zero_call = called(torch.zeros(1, dtype=torch.long))
-            spec = _with_layouts(lambda k: called(torch.zeros(k, dtype=torch.long)), spec, zero, zero_dirs,
-                                 request.radius, model)
+            spec, _ = _with_layouts(lambda k: called(torch.zeros(k, dtype=torch.long)), spec, zero, zero_dirs,
+                                    request.radius, model)
             check_sites(engine.run_chunk(zero_call, zero, zero_dirs, request.radius, spec))
             return torch.zeros(0, len(names), dtype=torch.long), names, neurons, {}
-        spec = _with_layouts(lambda k: called(torch.zeros(k, dtype=torch.long)), spec,
-                             request.x[:1].to(device=device, dtype=dtype), frames(0, 1), request.radius, model)
+        plain = request.forward is None and request.extra is None  # forward=/extra= callables: never cached
+        spec, cached = _with_layouts(lambda k: called(torch.zeros(k, dtype=torch.long)), spec,
+                                     request.x[:1].to(device=device, dtype=dtype), frames(0, 1), request.radius,
+                                     model, cache_for=request.model if plain else None)
+        engine_meta["layout_probe"] = "cached" if cached else "run"
         bar = None
         if progress:
             from tqdm.auto import tqdm
