@@ -59,8 +59,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     runs = []
     for path in args.json:
-        with open(path) as f:
-            runs.append(json.load(f))
+        try:
+            with open(path) as f:
+                runs.append(json.load(f))
+        except (OSError, json.JSONDecodeError) as e:
+            # a workload killed at its time limit leaves an empty file (seen on the H200,
+            # vit-b16-224): report the others and say which was left out
+            print(f"report.py: {path} left out ({type(e).__name__}: {e})", file=sys.stderr)
+            args.note.append(f"- {Path(path).name}: left out, unreadable ({type(e).__name__}; killed mid-run?)")
+    if not runs:
+        print("report.py: no readable benchmark JSON", file=sys.stderr)
+        return 1
     data = merge(runs)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

@@ -183,6 +183,13 @@ def test_report_table(tmp_path):
     assert out.stdout.count("| w |") == 4 and out.stdout.count("| v |") == 4
     assert (tmp_path / "t.md").read_text() == out.stdout
     assert len(json.loads((tmp_path / "m.json").read_text())["benchmarks"]) == 10
+    # a workload killed at its limit leaves an empty JSON: the others are still reported
+    (tmp_path / "killed.json").write_text("")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(a), str(tmp_path / "killed.json")],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.count("| w |") == 4 and "killed.json: left out, unreadable" in out.stdout
+    assert subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(tmp_path / "killed.json")],
+                          capture_output=True, text=True).returncode == 1
 
 
 def test_lcfast_bench_command(tiny, tmp_path, capsys):

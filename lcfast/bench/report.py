@@ -33,7 +33,14 @@ def _git_commit() -> str | None:
         root = Path(__file__).resolve().parents[2]
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5)
-        return out.stdout.strip() or None
+        head = out.stdout.strip()
+        if not head:
+            return None
+        # a tree that differs from HEAD says so (the H200 runs copied a working tree ahead
+        # of the copied .git's HEAD, and the tables named the older commit)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{head}+dirty" if dirty else head
     except (OSError, subprocess.SubprocessError):
         return None
 
