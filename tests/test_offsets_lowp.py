@@ -146,13 +146,15 @@ def test_several_radii_in_one_pass(name):
 
 def test_local_complexity_routes_bf16_to_offsets():
     """``lcfast.local_complexity(dtype=bf16)`` (backend auto) runs the offsets engine with a
-    float32 centre: totals within max(1%, 2) of float64, rows per point reported."""
+    float64 centre (lcfast.engine.low_precision_route says why): totals within max(1%, 2)
+    of float64, rows per point reported."""
     import lcfast
     model = zoo.cnn()
     x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     exact = lcfast.local_complexity(model, x, radius=0.05, n_dirs=6, backend="reference", dtype=torch.float64)
     res = lcfast.local_complexity(model, x, radius=0.05, n_dirs=6, dtype=torch.bfloat16)
     assert res.meta["backend"] == "offsets" and res.meta["offsets_dtype"] == "bfloat16"
+    assert res.meta["centre_dtype"] == "float64" and res.meta["dtype"] == "bfloat16"
     assert 1 + 6 <= res.meta["rows_per_point"] <= 1 + 2 * 6  # centre + P antisymmetric rows, + P once broken
     tot, ref = int(res.counts.sum()), int(exact.counts.sum())
     assert ref > 20 and abs(tot - ref) <= max(0.01 * ref, 2), (tot, ref)

@@ -138,7 +138,7 @@ def test_tracker_n_dirs_is_checked():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_dtype_is_refused(model, dtype):
     """A vertex-pushing backend refuses bf16/fp16 (it would count rounding noise); auto
-    and offsets route it to the centre + offsets engine (centre float32)."""
+    and offsets route it to the centre + offsets engine (centre float64)."""
     with pytest.raises(ValueError, match="dtype.*rounding noise"):
         lcfast.local_complexity(model, X, n_dirs=2, dtype=dtype, backend="reference")
     low = zoo.mlp(d_in=30).to(dtype)  # dtype=None: the model's own dtype
@@ -147,7 +147,7 @@ def test_low_precision_dtype_is_refused(model, dtype):
     for backend in ("auto", "offsets"):
         res = lcfast.local_complexity(model, X, n_dirs=2, dtype=dtype, backend=backend)
         assert res.meta["backend"] == "offsets" and res.meta["offsets_dtype"] == str(dtype)[6:]
-        assert res.meta["centre_dtype"] == "float32" and res.meta["rows_per_point"] >= 1
+        assert res.meta["centre_dtype"] == "float64" and res.meta["rows_per_point"] >= 1
     from lcfast.api import naive_low_precision
     with naive_low_precision():  # the escape hatch for studying the noise
         assert lcfast.local_complexity(model, X, n_dirs=2, dtype=dtype, backend="reference").counts.shape == (3, 3)

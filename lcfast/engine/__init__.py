@@ -90,13 +90,18 @@ def low_precision_route(dtype: torch.dtype, backend: str) -> tuple[torch.dtype, 
     """Where a low-precision compute dtype goes: ``(dtype the model runs in, offsets dtype)``.
 
     bfloat16/float16 with ``backend="auto"`` or ``"offsets"`` run the centre + offsets
-    engine (:mod:`lcfast.engine.offsets`): the model and the centre in float32, the
-    offsets in ``dtype`` (counts within the accuracy measured in
-    ``benchmarks/results/offsets-accuracy-cpu.md``).  Everything else is unchanged
-    (``offsets dtype`` ``None``), and :func:`check_compute_dtype` then decides.
+    engine (:mod:`lcfast.engine.offsets`): the model and the centre in **float64**, the
+    offsets in ``dtype``.  Why float64 (measured on an H200, ViT-B/16 at 224 px, 4
+    points, r = 1e-3, benchmarks/results/nvidia-h200/README.md): around a float32 centre
+    bf16/fp16 offsets were off by 4-6 of float64's 119 (outside max(1%, 2)); around a
+    float64 centre they equal float64.  Cost of the float64 centre: ViT 1.33x -> 2.1x
+    the bare float32 forward, ResNet18 224 2.7x -> 3.2x on the H200; +7-9% on the 2-core
+    CPU (MLP, ResNet18 112 px).  ``offsets_local_complexity(centre_dtype=torch.float32)``
+    keeps the cheaper centre.  Everything else is unchanged (``offsets dtype`` ``None``),
+    and :func:`check_compute_dtype` then decides.
     """
     if dtype in NAIVE_NOISE_DTYPES and backend in ("auto", "offsets") and not _naive_low_precision[0]:
-        return torch.float32, dtype
+        return torch.float64, dtype
     return dtype, None
 
 
@@ -121,5 +126,5 @@ def check_compute_dtype(dtype: torch.dtype, source: str = "dtype") -> None:
         f"{where} is not supported yet: the vertices x +- r*v differ from x by about r/sqrt(D) per value, "
         f"below {name}'s resolution, so pushing them in {name} counts rounding noise (naive bfloat16 found "
         "1,273 crossed neurons on ResNet18 at r=1e-3 where float64 finds 16). Use backend='auto' or "
-        "'offsets' (centre in float32, offsets in this dtype), or measure in float32 or float64 "
+        "'offsets' (centre in float64, offsets in this dtype), or measure in float32 or float64 "
         "(dtype=torch.float32 measures a float32 copy; the model is not changed).")
