@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from .engine import check_compute_dtype, low_precision_route, naive_low_precision
+from .engine import check_compute_dtype, low_precision_route, naive_low_precision, warn_if_offsets_unresolved
 from .engine.policy import FallbackEngine, engine_for  # the auto choice and first-chunk fallback (lcfast/engine/policy.py)
 from .engine.base import Backend, ChunkResult, merge_chunk_meta, model_device, model_guard, _model_dtype
 from .engine.chunking import ChunkPlan, SizeProbe
@@ -364,12 +364,14 @@ def _plan(request: _Request) -> _Plan:
     device = model_device(model, request.x.device)
     dtype = request.dtype or _model_dtype(model)
     dtype, offsets_dtype = low_precision_route(dtype, request.backend)
-    if offsets_dtype is not None:  # centre in `dtype` (float32), offsets in bf16/fp16
+    if offsets_dtype is not None:  # centre in `dtype` (float64), offsets in bf16/fp16
         from .engine.offsets import OffsetsBackend
         engine = FallbackEngine([OffsetsBackend(offsets_dtype)], device)
     else:
         check_compute_dtype(dtype, "dtype" if request.dtype is not None else "model")
         engine = engine_for(request.backend, device)
+        if request.backend != "offsets":  # a vertex push: can dtype resolve the offsets?
+            warn_if_offsets_unresolved(request.x, request.radius, dtype, stacklevel=3)
     V = 2 * request.P
     point_bytes = math.prod(request.S) * torch.finfo(dtype).bits // 8
     return _Plan(device, dtype, engine, spec, ChunkPlan(request.N, V, point_bytes, device, request.chunk_size))

@@ -32,3 +32,31 @@ def test_float32_equals_float64(name, radius):
     assert r32.meta["dtype"] == "float32" and r64.meta["dtype"] == "float64"
     assert torch.equal(r32.counts, r64.counts)
     assert r64.counts.sum() > 0  # the comparison is not vacuous
+
+
+def test_vertex_push_warns_when_offsets_are_a_few_ulps():
+    """A vertex push whose offsets are a few ulps of the points' values warns and says
+    what to do (issue 10 item 3); float32 counts then drift from float64's."""
+    import warnings
+
+    import lcfast
+    from lcfast.engine import OFFSET_ULPS_WARN, offset_ulps
+    from lcfast.neighborhood import random_frames
+
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 256), torch.nn.ReLU())
+    with torch.no_grad():
+        model[0].bias.copy_(-(model[0].weight @ torch.full((16,), 1000.0)))  # hyperplanes through the points' region
+    x = 1000.0 + 0.01 * torch.randn(8, 16, generator=g)  # |x| ~ 1000: float32 ulp ~ 6e-5
+    r = 1e-3  # offsets r/sqrt(16) = 2.5e-4: ~2 ulps
+    assert offset_ulps(x, r, torch.float32) < OFFSET_ULPS_WARN <= offset_ulps(x, r, torch.float64)
+    dirs = random_frames((16,), 4, 0, torch.arange(8))
+    with pytest.warns(UserWarning, match=r"ulps of the points' values in float32.*dtype=torch.float64"):
+        push = lcfast.local_complexity(model, x, radius=r, directions=dirs, backend="reference")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither float64 nor the offsets engine warns
+        exact = lcfast.local_complexity(model, x, radius=r, directions=dirs, backend="reference", dtype=torch.float64)
+        lcfast.local_complexity(model, x, radius=r, directions=dirs, backend="offsets")
+        lcfast.local_complexity(model, x, radius=0.5, directions=dirs, backend="reference")  # 500 ulps: quiet
+    assert not torch.equal(push.counts, exact.counts) and exact.counts.sum() > 0  # the warning is warranted here

@@ -9,7 +9,7 @@ import torch
 from .base import Backend
 
 __all__ = ["BACKENDS", "get_backend", "available_backends", "Backend", "check_compute_dtype",
-           "naive_low_precision"]
+           "naive_low_precision", "offset_ulps", "warn_if_offsets_unresolved", "OFFSET_ULPS_WARN"]
 
 #: name -> "module:class"; loaded lazily so that a missing Triton or C++ extension
 #: only matters when that backend is asked for.
@@ -103,6 +103,42 @@ def low_precision_route(dtype: torch.dtype, backend: str) -> tuple[torch.dtype, 
     if dtype in NAIVE_NOISE_DTYPES and backend in ("auto", "offsets") and not _naive_low_precision[0]:
         return torch.float64, dtype
     return dtype, None
+
+
+#: A vertex push warns when the typical offset per input value, ``r / sqrt(D)``, is
+#: fewer than this many ulps of the points' values.  Measured on an H200 (torchvision
+#: ResNet18, 224 px, ImageNet-normalised inputs, 16 points, float32 with TF32 off,
+#: benchmarks/results/nvidia-h200/): at r = 1e-4 (2.2 ulps) the float32 push counted 27
+#: crossings where float64 counts 20; at r = 1e-3 (22 ulps) 127 vs 126.
+OFFSET_ULPS_WARN = 8.0
+
+
+def offset_ulps(x: torch.Tensor, radius: float, dtype: torch.dtype) -> float:
+    """The typical offset of a vertex per input value, ``r / sqrt(D)`` (a unit direction
+    in ``D`` values), in ulps of the points' typical value in ``dtype`` (``eps * rms(x)``,
+    from at most the first 64 points); ``inf`` for all-zero points."""
+    D = max(1, x[0].numel()) if x.shape[0] else 1
+    rms = float(x[:64].detach().double().pow(2).mean().sqrt()) if x.numel() else 0.0
+    ulp = torch.finfo(dtype).eps * rms
+    return float("inf") if ulp == 0 else radius / D ** 0.5 / ulp
+
+
+def warn_if_offsets_unresolved(x: torch.Tensor, radius: float, dtype: torch.dtype, stacklevel: int = 2) -> None:
+    """Warn, for a backend that pushes the vertices ``x +- r v`` in ``dtype``, when the
+    offsets are within :data:`OFFSET_ULPS_WARN` ulps of the points' values (the vertices
+    are then rounded and the counts drift from float64's)."""
+    ulps = offset_ulps(x, radius, dtype)
+    if ulps >= OFFSET_ULPS_WARN:
+        return
+    name = str(dtype).replace("torch.", "")
+    import warnings
+    warnings.warn(
+        f"radius={radius:g} moves each of the D={x[0].numel()} input values by about r/sqrt(D) = "
+        f"{radius / max(1, x[0].numel()) ** 0.5:.2g}, only {ulps:.1f} ulps of the points' values in {name}: "
+        "the vertices are rounded and the counts drift from float64's (ResNet18 224 px at r=1e-4: 2.2 ulps in "
+        "float32, 27 crossings where float64 finds 20). Use dtype=torch.float64, or backend='offsets', which "
+        "keeps the offsets unrounded (19 there); the centre's own rounding remains.", UserWarning,
+        stacklevel=stacklevel + 1)
 
 
 def check_compute_dtype(dtype: torch.dtype, source: str = "dtype") -> None:
