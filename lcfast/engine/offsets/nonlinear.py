@@ -62,7 +62,8 @@ def _bounds(x: OffsetTensor):
     """``(lo, hi)``: min and max of the vertex values per neuron (split form, one row),
     centre dtype.  Antisymmetric points: ``c -+ max_p |a_p|`` (rounding is monotone, so
     this equals the min/max of the rounded vertex values); broken points: explicit.
-    Also returns the broken points' ``(z+, z-)`` (or ``None``)."""
+    Also returns the broken points' ``(c, a, s, z+, z-)`` in the centre dtype (or
+    ``None``), which :func:`piecewise` reuses."""
     cd = x.c.dtype
     b = x.lay.bdim + 2
     c4 = x.c4()
@@ -78,7 +79,7 @@ def _bounds(x: OffsetTensor):
         hi_b = torch.maximum(zp.amax(b, keepdim=True), zm.amax(b, keepdim=True))
         lo = lo.index_copy(b - 1, x.bidx, lo_b)
         hi = hi.index_copy(b - 1, x.bidx, hi_b)
-        zb = (zp, zm)
+        zb = (cb, ab, sb, zp, zm)
     return lo, hi, zb
 
 
@@ -117,8 +118,11 @@ def piecewise(x: OffsetTensor, slope: float, count: bool = False):
     pos_c = c4 > 0
     keep = torch.where(pos_c, lo > 0, hi <= 0)
 
-    def f(t):
-        return torch.where(t > 0, t, t * slope)
+    # ReLU in one pass (torch.relu) rather than compare + scale + select: 3 of the ~20
+    # elementwise passes of this rule per call (ResNet18 offsets profile, 2-core CPU)
+    f = torch.relu if slope == 0 else (lambda t: torch.where(t > 0, t, t * slope))
+    keep_scaled = (lambda t, pos: torch.where(pos, t, 0.0)) if slope == 0 else \
+        (lambda t, pos: torch.where(pos, t, t * slope))
 
     # the exact scale of every antisymmetric offset (1 where the centre is positive)
     g = pos_c.to(ctx.dtype) if slope == 0 else torch.full_like(c4, slope, dtype=ctx.dtype).masked_fill_(pos_c, 1)
@@ -139,21 +143,25 @@ def piecewise(x: OffsetTensor, slope: float, count: bool = False):
         old = x.bidx
     # broken points after this op: the old ones and the new ones
     new = torch.nonzero(bad).flatten().to(c4.device)
-    union = new if old is None else torch.unique(torch.cat([old, new]))
-    sel = lambda t: t.index_select(b - 1, union)  # noqa: E731
-    cu = sel(c4)
     P = ctx.P
-    au = sel(x.a4()).narrow(b, 0, P).to(c4.dtype)
-    su = torch.zeros_like(au)
-    if old is not None:
-        su = su.index_copy(b - 1, torch.searchsorted(union, old), x.s4().narrow(b, 0, P).to(c4.dtype))
-    zp, zm = cu + su + au, cu + su - au
+    if new.numel() == 0:  # no newly broken point: the bounds' vertex values are the ones needed
+        union = old
+        cu, au, su, zp, zm = zb
+    else:
+        union = new if old is None else torch.unique(torch.cat([old, new]))
+        sel = lambda t: t.index_select(b - 1, union)  # noqa: E731
+        cu = sel(c4)
+        au = sel(x.a4()).narrow(b, 0, P).to(c4.dtype)
+        su = torch.zeros_like(au)
+        if old is not None:
+            su = su.index_copy(b - 1, torch.searchsorted(union, old), x.s4().narrow(b, 0, P).to(c4.dtype))
+        zp, zm = cu + su + au, cu + su - au
     pu = cu > 0
     exact = (pu == (zp > 0)) & (pu == (zm > 0))
     fc = f(cu)
     op, om = f(zp) - fc, f(zm) - fc
-    a_new = torch.where(exact, torch.where(pu, au, au * slope), (op - om) * 0.5)
-    s_new = torch.where(exact, torch.where(pu, su, su * slope), (op + om) * 0.5)
+    a_new = torch.where(exact, keep_scaled(au, pu), (op - om) * 0.5)
+    s_new = torch.where(exact, keep_scaled(su, pu), (op + om) * 0.5)
     a_new, s_new = a_new.to(ctx.dtype), s_new.to(ctx.dtype)
     if ctx.R != P:
         a_new, s_new = torch.cat([a_new, a_new], b), torch.cat([s_new, s_new], b)
