@@ -313,8 +313,12 @@ def _warn_if_not_orthonormal(directions: torch.Tensor, shared: bool, P: int) -> 
     frames = directions.detach().reshape(1 if shared else directions.shape[0], P, -1)
     dt = torch.float64 if frames.dtype == torch.float64 else torch.float32
     worst_norm = worst_cos = (0.0, 0, 0, 0)  # (deviation, point, i, j)
-    for lo in range(0, frames.shape[0], 64):  # bounded temporaries
-        f = frames[lo:lo + 64].to(dt)
+    # blocks of ~2^24 direction values (64 MB in float32): few batched products (one for
+    # 1,000 MNIST points: 0.04 s where 64-point blocks took 0.12 s on the 2-core CPU), and
+    # a bounded copy when the directions are bf16/fp16
+    block = max(1, (1 << 24) // max(1, P * frames.shape[-1]))
+    for lo in range(0, frames.shape[0], block):
+        f = frames[lo:lo + block].to(dt)
         gram = f @ f.mT
         norms = gram.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()  # (b, P)
         dev = (norms - 1).abs()
