@@ -100,3 +100,25 @@ def test_killed_run_keeps_log_and_finished_results(tmp_path):
     for f in out.iterdir():  # what the device tool brings back: plain names, few files
         assert re.fullmatch(r"[A-Za-z0-9._-]+", f.name) and f.is_file()
     assert len(list(out.iterdir())) <= 8
+
+
+def test_offsets_check_script_smoke(tmp_path):
+    """benchmarks/gpu_offsets_check.py runs its real code path on the CPU (toy sizes), so
+    an API change breaks this test rather than a GPU call (on the H200 a stale keyword in
+    the Triton harness cost its backend sub-checks)."""
+    import sys
+    out, ship = tmp_path / "offsets.json", tmp_path / "ship"
+    ship.mkdir()
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_offsets_check.py"), "--smoke", "--rounds", "1",
+                           "--cases", "mnist-mlp,resnet18-224-1000pts-r5e-3", "--out", str(out), "--copy-to", str(ship)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert json.loads((ship / "offsets.json").read_text()) == res  # the copy for $OUT
+    mlp, big = res["cases"]["mnist-mlp"], res["cases"]["resnet18-224-1000pts-r5e-3"]
+    assert mlp["float64"]["unknown_ops"] == [] and big["oracle_points"] == 2
+    for m in ("reference", "auto", "auto-probe", "offsets-f32", "offsets-bf16", "offsets-f16", "offsets-bf16-c64"):
+        assert mlp[m]["within"] and mlp[m]["total"] == mlp["float64"]["total"] + mlp[m]["error"], (m, mlp[m])
+    assert mlp["auto-probe"]["layout_probe"] == "run" and mlp["auto"]["layout_probe"] == "cached"
+    assert set(big) >= {"bare-f32", "bare-bf16", "auto", "offsets-bf16"} and "reference" not in big
+    assert big["offsets-bf16"]["within"] and big["bare-f32"]["rows"] == 2 * 50
