@@ -67,20 +67,26 @@ def _bounds(x: OffsetTensor):
     cd = x.c.dtype
     b = x.lay.bdim + 2
     c4 = x.c4()
-    m = _antisym_bound(x)
-    lo, hi = c4 - m, c4 + m
-    zb = None
-    if x.s is not None:
-        cb = x.at_broken(c4)
-        ab = x.at_broken(x.a4()).narrow(b, 0, x.ctx.P).to(cd)
-        sb = x.s4().narrow(b, 0, x.ctx.P).to(cd)
-        zp, zm = cb + sb + ab, cb + sb - ab
-        lo_b = torch.minimum(zp.amin(b, keepdim=True), zm.amin(b, keepdim=True))
-        hi_b = torch.maximum(zp.amax(b, keepdim=True), zm.amax(b, keepdim=True))
-        lo = lo.index_copy(b - 1, x.bidx, lo_b)
-        hi = hi.index_copy(b - 1, x.bidx, hi_b)
-        zb = (cb, ab, sb, zp, zm)
-    return lo, hi, zb
+    if x.s is None:
+        m = _antisym_bound(x)
+        return c4 - m, c4 + m, None
+    # every point broken (bidx sorted, so it is 0..n-1): no antisymmetric bound to take,
+    # no selection or scatter (on ResNet18 every point breaks at its first ReLU)
+    every = x.bidx.numel() == x.ctx.n
+    cb = c4 if every else x.at_broken(c4)
+    ab = (x.a4() if every else x.at_broken(x.a4())).narrow(b, 0, x.ctx.P).to(cd)
+    sb = x.s4().narrow(b, 0, x.ctx.P).to(cd)
+    cs = cb + sb
+    zp, zm = cs + ab, cs - ab
+    lo_b = torch.minimum(zp.amin(b, keepdim=True), zm.amin(b, keepdim=True))
+    hi_b = torch.maximum(zp.amax(b, keepdim=True), zm.amax(b, keepdim=True))
+    if every:
+        lo, hi = lo_b, hi_b
+    else:
+        m = _antisym_bound(x)
+        lo = (c4 - m).index_copy(b - 1, x.bidx, lo_b)
+        hi = (c4 + m).index_copy(b - 1, x.bidx, hi_b)
+    return lo, hi, (cb, ab, sb, zp, zm)
 
 
 def crossed(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -124,9 +130,9 @@ def piecewise(x: OffsetTensor, slope: float, count: bool = False):
     keep_scaled = (lambda t, pos: torch.where(pos, t, 0.0)) if slope == 0 else \
         (lambda t, pos: torch.where(pos, t, t * slope))
 
-    # the exact scale of every antisymmetric offset (1 where the centre is positive)
-    g = pos_c.to(ctx.dtype) if slope == 0 else torch.full_like(c4, slope, dtype=ctx.dtype).masked_fill_(pos_c, 1)
-    a4 = x.a4() * g
+    def scaled_a4():  # the exact scale of every antisymmetric offset (1 where the centre is positive)
+        g = pos_c.to(ctx.dtype) if slope == 0 else torch.full_like(c4, slope, dtype=ctx.dtype).masked_fill_(pos_c, 1)
+        return x.a4() * g
     c_out = merge(f(c4), lay.bdim)
     ctx.count_op(x)
     bad = x.per_point(~keep)  # (N,)
@@ -134,7 +140,7 @@ def piecewise(x: OffsetTensor, slope: float, count: bool = False):
         bad[x.bidx] = False
     if not bool(bad.any()):
         if x.s is None:
-            return OffsetTensor(c_out, merge(a4, lay.bdim), None, None, lay, ctx), counts
+            return OffsetTensor(c_out, merge(scaled_a4(), lay.bdim), None, None, lay, ctx), counts
         old = x.bidx
     else:
         hit = x.per_point(crossed(lo, hi))
@@ -165,7 +171,8 @@ def piecewise(x: OffsetTensor, slope: float, count: bool = False):
     a_new, s_new = a_new.to(ctx.dtype), s_new.to(ctx.dtype)
     if ctx.R != P:
         a_new, s_new = torch.cat([a_new, a_new], b), torch.cat([s_new, s_new], b)
-    a4 = a4.index_copy(b - 1, union, a_new)
+    # union sorted: all n points means a_new is every point's, in order
+    a4 = a_new if union.numel() == ctx.n else scaled_a4().index_copy(b - 1, union, a_new)
     return OffsetTensor(c_out, merge(a4, lay.bdim), merge(s_new, lay.bdim), union, lay, ctx), counts
 
 
