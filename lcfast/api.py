@@ -387,13 +387,14 @@ def _plan(request: _Request) -> _Plan:
 
 
 def _with_layouts(calls: Callable[[int], nn.Module], spec: SiteSpec, x1: torch.Tensor, dirs1: torch.Tensor,
-                  radius: float, model: nn.Module, cache_for: nn.Module | None = None) -> tuple[SiteSpec, bool]:
-    """``(spec, cached)``: ``spec`` with the batch dimension of every site found by
-    provenance (:func:`lcfast.engine.intercept.probe_layouts`) on ``k`` copies of the
+                  radius: float, model: nn.Module, cache_for: nn.Module | None = None) -> tuple[SiteSpec, dict, bool]:
+    """``(spec, entry, cached)``: ``spec`` with the batch dimension of every site found
+    by provenance (:func:`lcfast.engine.intercept.probe_layouts`) on ``k`` copies of the
     first point's vertices ``(V, *S)`` (``x1`` ``(1, *S)``, ``dirs1`` ``(1, P, *S)`` or
     ``(P, *S)``), run through ``calls(k)`` (the model, called for ``k`` copies of the
     first point); from :mod:`lcfast.engine.layout_cache` when ``cache_for`` (the user's
-    model) was probed before with the same structure and call (``cached`` is then True)."""
+    model) was probed before with the same structure and call (``cached`` is then True).
+    ``entry`` is the cache entry (a fresh dict when not cached) for other facts of the call."""
     v1 = vertices(x1, dirs1, radius)
     ones = (1,) * (v1.dim() - 1)
 
@@ -407,10 +408,10 @@ def _with_layouts(calls: Callable[[int], nn.Module], spec: SiteSpec, x1: torch.T
                                "for 1 and 2 points when fake tensors cannot): the model does not fit this device at "
                                "this input size") from e
     if cache_for is None:
-        return dataclasses.replace(spec, layouts=probe()), False
+        return dataclasses.replace(spec, layouts=probe()), {}, False
     call_key = (tuple(v1.shape), v1.dtype, v1.device, spec.activations, tuple(spec.modules.values()))
-    layouts, hit = cached_layouts(cache_for, call_key, probe)
-    return dataclasses.replace(spec, layouts=layouts), hit
+    entry, hit = cached_layouts(cache_for, call_key, probe)
+    return dataclasses.replace(spec, layouts=dict(entry["layouts"])), entry, hit
 
 
 def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, list[str], list[int], dict]:
@@ -473,15 +474,21 @@ def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, 
                 request.extra = {k: (v.new_zeros((1, *v.shape[1:])) if isinstance(v, torch.Tensor) else v)
                                  for k, v in request.extra.items()}
             zero_call = called(torch.zeros(1, dtype=torch.long))
-            spec, _ = _with_layouts(lambda k: called(torch.zeros(k, dtype=torch.long)), spec, zero, zero_dirs,
-                                    request.radius, model)
+            spec, _, _ = _with_layouts(lambda k: called(torch.zeros(k, dtype=torch.long)), spec, zero, zero_dirs,
+                                       request.radius, model)
             check_sites(engine.run_chunk(zero_call, zero, zero_dirs, request.radius, spec))
             return torch.zeros(0, len(names), dtype=torch.long), names, neurons, {}
         plain = request.forward is None and request.extra is None  # forward=/extra= callables: never cached
-        spec, cached = _with_layouts(lambda k: called(torch.zeros(k, dtype=torch.long)), spec,
-                                     request.x[:1].to(device=device, dtype=dtype), frames(0, 1), request.radius,
-                                     model, cache_for=request.model if plain else None)
+        spec, entry, cached = _with_layouts(lambda k: called(torch.zeros(k, dtype=torch.long)), spec,
+                                            request.x[:1].to(device=device, dtype=dtype), frames(0, 1),
+                                            request.radius, model, cache_for=request.model if plain else None)
         engine_meta["layout_probe"] = "cached" if cached else "run"
+        # the chunk probe's bytes per row of an earlier call of this model and call (same cache
+        # entry): the chunk size without the separate one-point probe chunk
+        size_key = f"bytes_per_row/{engine.name}"
+        if plan.chunks.needs_probe and size_key in entry:
+            plan.chunks.calibrate_bytes(entry[size_key])
+            engine_meta["chunk_probe"] = "cached"
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -501,6 +508,7 @@ def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, 
                 probe = SizeProbe()
                 parts, _ = measure_halving(lambda lo, hi, _: measure(lo, hi, probe), start, start)
                 plan.chunks.calibrate(probe, start)
+                entry[size_key] = probe.max_bytes / max(1, start * plan.chunks.rows_per_point)
                 first = plan.chunks.size
             # out of memory: the same points again with half the chunk (lcfast.oom, the one rule)
             rest, plan.chunks.size = measure_halving(lambda lo, hi, _: measure(start + lo, start + hi),

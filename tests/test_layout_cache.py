@@ -86,9 +86,9 @@ def test_a_stale_layout_raises_instead_of_counting():
     model, x = SeqFirstAttention().eval(), 0.1 * torch.randn(2, 24)
     lc(model, x)
     (entries,) = layout_cache._CACHE.values()
-    for layouts in entries.values():
-        for k in layouts:
-            layouts[k] = 2  # the wrong dimension: (T, B, H) has H = 5 rows there
+    for entry in entries.values():
+        for k in entry["layouts"]:
+            entry["layouts"][k] = 2  # the wrong dimension: (T, B, H) has H = 5 rows there
     with pytest.raises(RuntimeError, match="batch-layout probe found the batch in dimension 2"):
         lc(model, x)
 
@@ -111,3 +111,23 @@ def test_environment_switch_turns_it_off(monkeypatch):
     model, x = nn.Sequential(nn.Linear(4, 8), nn.ReLU()), torch.randn(3, 4)
     monkeypatch.setenv("LCFAST_LAYOUT_CACHE", "0")
     assert lc(model, x).meta["layout_probe"] == "run" and lc(model, x).meta["layout_probe"] == "run"
+
+
+def test_chunk_probe_is_cached_with_the_layouts():
+    """The one-point chunk-size probe runs once per model and call; later calls size
+    their chunks from the stored bytes per row (per backend) and count the same."""
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4)), torch.randn(7, 6)
+    first = lcfast.local_complexity(model, x, radius=0.3, n_dirs=P, backend="reference")
+    again = lcfast.local_complexity(model, x, radius=0.3, n_dirs=P, backend="reference")
+    assert "chunk_probe" not in first.meta and again.meta["chunk_probe"] == "cached"
+    assert torch.equal(first.counts, again.counts)
+    (entries,) = layout_cache._CACHE.values()
+    (entry,) = entries.values()
+    assert entry["bytes_per_row/reference"] > 0
+    other = lcfast.local_complexity(model, x, radius=0.3, n_dirs=P, backend="native") \
+        if "native" in lcfast.available_backends("cpu") else None
+    if other is not None:  # another backend probes for itself
+        assert "chunk_probe" not in other.meta and torch.equal(other.counts, first.counts)
+    given = lcfast.local_complexity(model, x, radius=0.3, n_dirs=P, backend="reference", chunk_size=2)
+    assert "chunk_probe" not in given.meta and torch.equal(given.counts, first.counts)

@@ -150,6 +150,11 @@ class ChunkPlan:
     def calibrate(self, probe: SizeProbe, points: int) -> int:
         """Set :attr:`size` from a probe that watched the forward of ``points`` points."""
         rows = max(1, points * self.rows_per_point)
-        self.size = points_per_chunk(probe.max_bytes / rows, self.input_bytes_per_point, self.rows_per_point,
+        return self.calibrate_bytes(probe.max_bytes / rows)
+
+    def calibrate_bytes(self, peak_bytes_per_row: float) -> int:
+        """Set :attr:`size` from the largest intermediate per row (a probe's, possibly of an
+        earlier call: the budget is read now)."""
+        self.size = points_per_chunk(peak_bytes_per_row, self.input_bytes_per_point, self.rows_per_point,
                                      self.device)
         return self.size

@@ -17,7 +17,9 @@ entry cannot give a silent count: every chunk checks each site's shape against i
 layout and raises when they disagree (``SiteInterceptor._batch_dim``).  Calls with
 ``forward=``/``extra=`` are never cached (their callables may hold the model).
 
-The cache holds no reference to the model (a ``WeakKeyDictionary``), at most
+The same entry keeps the chunk-size probe's bytes per row (per backend), so a repeated
+call also skips the separate one-point probe chunk.  The cache holds no reference to the
+model (a ``WeakKeyDictionary``), at most
 :data:`MAX_ENTRIES` layouts per model.  :func:`clear` empties it; ``LCFAST_LAYOUT_CACHE=0``
 turns it off (for a model whose layout follows state the key cannot see, e.g. a
 global flag read in ``forward``).
@@ -76,8 +78,12 @@ def structure_key(model: nn.Module) -> tuple:
 
 
 def cached_layouts(model: nn.Module, call_key: Hashable, probe: Callable[[], dict]) -> tuple[dict, bool]:
-    """``(layouts, hit)``: the layouts stored for ``model`` under ``call_key`` and its
-    current structure, or ``probe()``'s (then stored).
+    """``(entry, hit)``: the entry stored for ``model`` under ``call_key`` and its current
+    structure, or a new one holding ``probe()``'s layouts (then stored).
+
+    ``entry["layouts"]`` is ``{site key: batch dim}``; the caller may keep other facts of
+    the same call in the entry (``lcfast.api`` keeps the chunk probe's bytes per row per
+    backend, ``"bytes_per_row/<backend>"``), so a repeated call skips that probe too.
 
     Args:
         model: the user's model (the cache key; never the cast copy a call may use).
@@ -85,20 +91,19 @@ def cached_layouts(model: nn.Module, call_key: Hashable, probe: Callable[[], dic
         probe: runs the probe (:func:`lcfast.engine.intercept.probe_layouts`).
     """
     if os.environ.get("LCFAST_LAYOUT_CACHE", "1") == "0":
-        return probe(), False
+        return {"layouts": probe()}, False
     key = (call_key, structure_key(model))
     try:
         entries = _CACHE.setdefault(model, OrderedDict())
     except TypeError:  # a model that cannot be weakly referenced: no cache
-        return probe(), False
+        return {"layouts": probe()}, False
     if key in entries:
         entries.move_to_end(key)
-        return dict(entries[key]), True
-    layouts = probe()
-    entries[key] = dict(layouts)
+        return entries[key], True
+    entry = entries[key] = {"layouts": dict(probe())}
     while len(entries) > MAX_ENTRIES:
         entries.popitem(last=False)
-    return layouts, False
+    return entry, False
 
 
 def clear(model: nn.Module | None = None) -> None:
