@@ -19,7 +19,7 @@ For each case (model, points, radius) it measures, on one device:
   that must fail the accuracy criterion, so the criterion can fail.
 
 Each method: total count, its error against float64, the issue's criterion (total
-within max(1%, 2), per site max(2%, 2): ``tests/test_offsets_lowp.within``), the
+within max(1%, 2), per site max(2%, 2): ``lcfast.testing.low_precision_criterion``), the
 offsets meta (rows per point, breaks) and the median seconds of ``--rounds`` timed calls
 after one untimed call (CUDA synchronised around each).  The JSON is rewritten after
 every method, so a run killed at any point keeps what finished.  Installs nothing.
@@ -39,7 +39,7 @@ from pathlib import Path
 
 T0 = time.perf_counter()
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
 import torch  # noqa: E402
 
@@ -48,9 +48,8 @@ from lcfast.api import naive_low_precision  # noqa: E402
 from lcfast.engine.offsets import offsets_local_complexity  # noqa: E402
 from lcfast.frames import counter_frames  # noqa: E402
 from lcfast.neighborhood import vertices  # noqa: E402
-from lcfast.testing import float64_oracle  # noqa: E402
+from lcfast.testing import float64_oracle, low_precision_criterion as within  # noqa: E402
 from lcfast.zoo import build_model  # noqa: E402
-from test_offsets_lowp import within  # noqa: E402  (the issue's criterion, one copy)
 
 # (name, zoo model, point shape, points on the GPU, radius, options); --smoke: 2 points,
 # 32 px.  Options: ``oracle_n`` (float64 on the first k points only; every method's
@@ -138,7 +137,7 @@ def main(argv=None) -> int:
     torch.backends.cudnn.allow_tf32 = False
     res = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor()})",
            "torch": torch.__version__, "smoke": a.smoke, "rounds": a.rounds, "tf32": False,
-           "criterion": "total within max(1%, 2) of float64, per site max(2%, 2) (tests/test_offsets_lowp.within)",
+           "criterion": "total within max(1%, 2) of float64, per site max(2%, 2) (lcfast.testing.low_precision_criterion)",
            "cases": {}}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

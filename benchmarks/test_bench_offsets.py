@@ -123,7 +123,8 @@ def accuracy_table(radii=(1e-4, 1e-3, 5e-3)) -> str:
     """Markdown table: total LC of float64, and per offsets dtype / naive push the total
     and its error against float64 (on the models of tests/test_offsets_lowp.py)."""
     from lcfast.testing import float64_oracle
-    from test_offsets_lowp import CASES, _oracle, within
+    from lcfast.testing import low_precision_criterion as within
+    from test_offsets_lowp import CASES, _oracle
 
     cols = [("offsets f32", "off", torch.float32), ("offsets bf16", "off", torch.bfloat16),
             ("offsets f16", "off", torch.float16), ("naive f32", "ref", torch.float32),

@@ -23,7 +23,7 @@ from .tolerance import (AMBIGUOUS_BACKGROUND, AMBIGUOUS_FLOOR, AMBIGUOUS_RATIO, 
 
 from .engine.intercept import SiteHandler, SiteInterceptor
 
-__all__ = ["Float64Oracle", "float64_oracle", "assert_counts_match", "site_values"]
+__all__ = ["Float64Oracle", "float64_oracle", "assert_counts_match", "site_values", "low_precision_criterion"]
 
 
 class _OracleHandler(SiteHandler):
@@ -164,3 +164,23 @@ def assert_counts_match(counts: torch.Tensor, oracle: Float64Oracle, *, ratio: f
     (ambiguous and crossed totals, to report)."""
     return check_counts(counts, oracle.counts, oracle.ambiguous, oracle.neurons, sites=oracle.sites, ratio=ratio,
                         background=background, floor=floor)
+
+
+def low_precision_criterion(counts: torch.Tensor, ref: torch.Tensor) -> str | None:
+    """Issue 10's accuracy criterion for low-precision (bf16/fp16) counts: total within
+    ``max(1%, 2)`` of float64's and every site within ``max(2%, 2)``.
+
+    Args:
+        counts: ``(N, L)`` counts to judge.
+        ref: ``(N, L)`` float64 counts of the same points and directions.
+
+    Returns:
+        ``None`` when met, else why not (the first total or site that misses).
+    """
+    tot, tref = int(counts.sum()), int(ref.sum())
+    if abs(tot - tref) > max(0.01 * tref, 2):
+        return f"total {tot} vs float64 {tref}"
+    for l, (a, b) in enumerate(zip(counts.sum(0).tolist(), ref.sum(0).tolist())):
+        if abs(a - b) > max(0.02 * b, 2):
+            return f"site {l}: {a} vs float64 {b}"
+    return None

@@ -19,20 +19,11 @@ import lcfast
 from lcfast.api import naive_low_precision
 from lcfast.engine.offsets import offsets_local_complexity
 from lcfast.neighborhood import random_frames
-from lcfast.testing import float64_oracle
+from lcfast.testing import float64_oracle, low_precision_criterion as within
 
 RADII = (1e-4, 1e-3, 5e-3)
 
 
-def within(counts: torch.Tensor, ref: torch.Tensor) -> str | None:
-    """``None`` when ``counts`` (N, L) meet the criterion against ``ref``, else why not."""
-    tot, tref = int(counts.sum()), int(ref.sum())
-    if abs(tot - tref) > max(0.01 * tref, 2):
-        return f"total {tot} vs float64 {tref}"
-    for l, (a, b) in enumerate(zip(counts.sum(0).tolist(), ref.sum(0).tolist())):
-        if abs(a - b) > max(0.02 * b, 2):
-            return f"site {l}: {a} vs float64 {b}"
-    return None
 
 
 def placed_mlp():
