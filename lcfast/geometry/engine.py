@@ -269,13 +269,13 @@ def _carried(sw: Switch, seg: Segment, prev: Segment | None, state, parent):
     first switch (``prev`` None) ``state`` is the planes' ``(origin, u, v)``."""
     def maps(idx, st):
         if prev is None:
-            a, b, c = (x[parent[idx]] for x in state)
+            abc = torch.stack([x[parent[idx]] for x in state])              # (3, n, *S)
         else:
             m = state[parent[idx]]                                          # (n, M, 3)
             on = (m[..., 0] + m[..., 1] * st[:, :1] + m[..., 2] * st[:, 1:] > 0)[..., None]
             m = torch.where(on, m, m * prev.slope if prev.slope else torch.zeros_like(m))
-            a, b, c = (m[..., k].reshape(-1, *prev.shape) for k in range(3))
-        pl = dataclasses.replace(run_segment(seg, a, b, c), switch=sw)
+            abc = m.permute(2, 0, 1).reshape(3, -1, *prev.shape)
+        pl = dataclasses.replace(run_segment(seg, abc), switch=sw)
         return pl, torch.stack([pl.value, pl.ds, pl.dt], -1)
     return maps
 

@@ -373,16 +373,17 @@ def chain_segments(model: nn.Module, switches: list[Switch], x0: torch.Tensor) -
     return segs
 
 
-def run_segment(seg: Segment, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> Payload:
-    """Maps at a segment's switch from the maps ``a + b*s + c*t`` of its input, each
-    ``(n, *S_in)``: the :class:`Payload` with ``value`` at ``s = t = 0``.  The calls are
-    checked as in :func:`run_to` (affine up to the segment's one switch)."""
-    n = a.shape[0]
+def run_segment(seg: Segment, abc: torch.Tensor) -> Payload:
+    """Maps at a segment's switch from the maps ``a + b*s + c*t`` of its input,
+    ``abc = (a, b, c)`` stacked ``(3, n, *S_in)``: the :class:`Payload` with ``value``
+    at ``s = t = 0``.  The calls are checked as in :func:`run_to` (affine up to the
+    segment's one switch)."""
+    n = abc.shape[1]
     tracer = Tracer(seg.modules, n, 0)
     with torch.no_grad(), fwAD.dual_level():
         try:
             with tracer:
-                seg.modules(fwAD.make_dual(torch.cat([a, a]), torch.cat([b, c])))
+                seg.modules(fwAD.make_dual(abc[[0, 0]].flatten(0, 1), abc[1:].flatten(0, 1)))
         except _Stop as s:
             if tracer.switches[0].name != f"{len(seg.modules) - 1}#1":
                 raise RuntimeError(f"geometry: unexpected switch {tracer.switches[0].name!r} in a chain segment")
