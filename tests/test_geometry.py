@@ -275,3 +275,80 @@ def test_errors_name_the_argument_or_the_op():
         G.deformation(m, torch.zeros(1, 2), radius=0.1, n_dirs=1)
     with pytest.raises(ValueError, match="directions"):
         G.exact_local_complexity(m, torch.zeros(1, 2), radius=0.1, directions=torch.eye(3))
+
+
+def _nested_mlp(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 10)),
+                         nn.LeakyReLU(0.1), nn.Dropout(0.5), nn.Sequential(nn.Linear(10, 8), nn.ReLU()),
+                         nn.Linear(8, 3)).eval()
+
+
+@pytest.mark.parametrize("name,seed", [("mlp", 0), ("mlp", 4), ("leaky", 1), ("nested", 2)])
+def test_carried_maps_match_the_forward_from_the_input(name, seed):
+    """The chain fast path (each region's maps carried from switch to switch) gives the
+    partition of the reference path (the forward from the input at every switch)."""
+    if name == "nested":
+        m = _nested_mlp(seed)
+        g = torch.Generator().manual_seed(seed)
+        plane = G.Plane.through(*(torch.randn(3, 4, generator=g) for _ in range(3)))
+    else:
+        m, plane = _model_plane(name, seed)
+    m64 = G.trace.float64_copy(m)
+    ext = tuple(8 * e for e in plane.default_extent())
+    poly = G.polygons.rectangle(*ext)
+    sl = G.engine.Slices(plane.origin[None], plane.u[None], plane.v[None], poly[None], torch.tensor([4]))
+    sws, _ = G.engine.switches_of(m64, sl)
+    assert G.trace.chain_segments(m64, sws, sl.origin[:1]) is not None
+    fast = G.engine.run(m64, sl, (1.0, 1.0))
+    ref = G.engine.run(m64, sl, (1.0, 1.0), chain=False)
+    assert fast.verts.shape[0] == ref.verts.shape[0] > 20
+    assert torch.equal(fast.nv, ref.nv)
+    torch.testing.assert_close(fast.verts, ref.verts, rtol=0, atol=1e-9)
+    assert {k: int(v.sum()) for k, v in fast.crossed.items()} == {k: int(v.sum()) for k, v in ref.crossed.items()}
+    assert {k: v[0].shape[0] for k, v in fast.knots.items()} == {k: v[0].shape[0] for k, v in ref.knots.items()}
+    # every region has its own activation pattern (a pattern's set is convex)
+    part = G.partition(m, plane, ext)
+    assert torch.unique(part.patterns, dim=0).shape[0] == part.n_regions == fast.verts.shape[0]
+
+
+def test_chain_segments_only_for_plain_chains():
+    m, plane = _model_plane("basicblock", 0)
+    m64 = G.trace.float64_copy(m)
+    x0 = plane.origin[None]
+    poly = G.polygons.rectangle(-1, 1, -1, 1)
+    sl = G.engine.Slices(plane.origin[None], plane.u[None], plane.v[None], poly[None], torch.tensor([4]))
+    assert G.trace.chain_segments(m64, G.engine.switches_of(m64, sl)[0], x0) is None
+    mlp = G.trace.float64_copy(_mlp([3, 5, 5, 2], 0))
+    x0 = torch.zeros(1, 3, dtype=torch.float64)
+    sws = G.engine.switches_of(mlp, G.engine.Slices(x0, x0 + 1, x0 - 1, poly[None], torch.tensor([4])))[0]
+    assert len(G.trace.chain_segments(mlp, sws, x0)) == 2
+    mlp[1].register_forward_hook(lambda *a: None)   # hooks could change anything: no fast path
+    assert G.trace.chain_segments(mlp, sws, x0) is None
+
+
+def test_interval_pruning_keeps_the_vertex_test():
+    """ReLU units pruned by the bounding-box bound: the same answers as evaluating every
+    unit at every vertex."""
+    g = torch.Generator().manual_seed(0)
+    n, M, K = 64, 300, 7
+    verts = torch.rand(n, K, 2, generator=g, dtype=torch.float64)
+    verts = verts - verts.mean(1, keepdim=True)
+    ang = torch.atan2(verts[..., 1], verts[..., 0]).argsort(1)
+    verts = torch.gather(verts, 1, ang[..., None].expand(-1, -1, 2))   # a star-shaped CCW order
+    nv = torch.randint(3, K + 1, (n,), generator=g)
+    coef = torch.randn(n, M, 1, 3, generator=g, dtype=torch.float64)
+    coef[:, ::7, 0, 1:] = 0                                            # constant units
+    coef[:, ::11] = 0                                                  # identically zero units
+    coef[:, 5::13, 0, 0] = -(coef[:, 5::13, 0, 1] * verts[:, :1, 0] + coef[:, 5::13, 0, 2] * verts[:, :1, 1])
+    split, touch, nonzero = G.engine._violations(coef, verts, nv, None, None, (1.0, 1.0), relu=True)
+    mask = torch.arange(K) < nv[:, None]
+    filled = torch.where(mask[..., None], verts, verts[:, :1])
+    c = coef[..., 0, :]
+    z = c[:, None, :, 0] + c[:, None, :, 1] * filled[..., 0, None] + c[:, None, :, 2] * filled[..., 1, None]
+    tol = G.polygons.tolerance(c, (1.0, 1.0))
+    zmn, zmx = z.amin(1), z.amax(1)
+    assert torch.equal(split, (zmn < -tol) & (zmx > tol))
+    assert torch.equal(touch, (zmn <= tol) & (zmx >= -tol))
+    assert torch.equal(nonzero, (zmn < -tol) | (zmx > tol))
+    assert bool(split.any()) and bool(touch[~split].any()) and bool((~nonzero).any())

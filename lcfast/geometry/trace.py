@@ -24,7 +24,8 @@ from ..acts import by_kind
 from ..engine.intercept import SiteHandler, SiteInterceptor
 from ..sites import SiteSpec, parse_activation
 
-__all__ = ["PIECEWISE_LINEAR", "Switch", "Payload", "Tracer", "float64_copy", "run_to", "site_values"]
+__all__ = ["PIECEWISE_LINEAR", "Switch", "Payload", "Tracer", "float64_copy", "run_to", "site_values",
+           "Segment", "chain_segments", "run_segment"]
 
 #: Catalogue kinds (:mod:`lcfast.acts`, ``piecewise_linear``) with one switch at 0,
 #: which the partition supports (relu6 / hardtanh switch at two other points: not yet).
@@ -66,8 +67,8 @@ class Payload:
     """Affine maps of every unit of a switch at ``n`` points.
 
     ``value, ds, dt``: ``(n, M, Kc)``: the ``Kc`` candidates of each of ``M`` units
-    (ReLU: ``(z, 0)``; max pooling: the window), their values and derivatives along
-    the plane's two directions.  ``valid``: ``(M, Kc)`` (padding of a pooling window
+    (ReLU: ``z`` only, ``Kc = 1``, its other candidate is 0; max pooling: the window),
+    their values and derivatives along the plane's two directions.  ``valid``: ``(M, Kc)`` (padding of a pooling window
     is not a candidate) or ``None``.
     """
 
@@ -157,8 +158,7 @@ class Tracer(SiteInterceptor):
         sw = Switch(name, kind, True, self.neurons[-1])
         if self._stop_here(sw):
             v, ds, dt = _split_dual(pre, self.n)
-            z = torch.zeros_like(v)
-            raise _Stop(Payload(sw, torch.stack([v, z], 2), torch.stack([ds, z], 2), torch.stack([dt, z], 2)))
+            raise _Stop(Payload(sw, v[..., None], ds[..., None], dt[..., None]))
 
     def _maxpool(self, func, name, args, kwargs):
         x = args[0]
@@ -322,3 +322,70 @@ def site_values(model: nn.Module, x: torch.Tensor) -> tuple[list[str], list[torc
         with tracer:
             model(fwAD.make_dual(torch.cat([x, x]), torch.cat([z, z])))
     return list(tracer.names), tracer.record
+
+
+@dataclasses.dataclass
+class Segment:
+    """The modules from just after one switch up to and including the next (an
+    ``nn.ReLU`` / ``nn.LeakyReLU`` module), of a model that is a plain chain; ``shape``:
+    the activation's output shape per point; ``slope``: its negative slope."""
+
+    modules: nn.Sequential
+    shape: tuple[int, ...]
+    slope: float
+
+
+def chain_segments(model: nn.Module, switches: list[Switch], x0: torch.Tensor) -> list[Segment] | None:
+    """Split ``model`` (a :func:`float64_copy`) at its switches when it is a plain chain:
+    nested ``nn.Sequential`` containers (no hooks) of leaf modules whose only switches
+    are ``nn.ReLU`` / ``nn.LeakyReLU`` leaves, each called once (the switches of one
+    traced forward, ``switches``, name exactly these leaves in this order).  Then each
+    region's affine map can be carried from one switch to the next instead of re-running
+    the forward from the input.  ``x0 (1, *S)``: one input point (for the shapes).
+    Returns None for any other model (the engine then runs from the input)."""
+    names = {m: n for n, m in model.named_modules()}
+    leaves: list[nn.Module] = []
+
+    def walk(m):
+        if m._forward_hooks or m._forward_pre_hooks:
+            raise LookupError
+        if type(m) is nn.Sequential:
+            for c in m:
+                walk(c)
+        else:
+            leaves.append(m)
+
+    try:
+        walk(model)
+    except LookupError:
+        return None
+    acts = [i for i, m in enumerate(leaves) if type(m) in (nn.ReLU, nn.LeakyReLU)]
+    if (not switches or len({id(m) for m in leaves}) != len(leaves) or len(acts) != len(switches)
+            or any(sw.name != f"{names.get(leaves[i])}#1" or not sw.lc_site for sw, i in zip(switches, acts))):
+        return None
+    segs, start, x = [], 0, x0
+    with torch.no_grad():
+        for i in acts:
+            mods = nn.Sequential(*leaves[start:i + 1])
+            x = mods(x)
+            segs.append(Segment(mods, tuple(x.shape[1:]), float(getattr(leaves[i], "negative_slope", 0.0))))
+            start = i + 1
+    return segs
+
+
+def run_segment(seg: Segment, abc: torch.Tensor) -> Payload:
+    """Maps at a segment's switch from the maps ``a + b*s + c*t`` of its input,
+    ``abc = (a, b, c)`` stacked ``(3, n, *S_in)``: the :class:`Payload` with ``value``
+    at ``s = t = 0``.  The calls are checked as in :func:`run_to` (affine up to the
+    segment's one switch)."""
+    n = abc.shape[1]
+    tracer = Tracer(seg.modules, n, 0)
+    with torch.no_grad(), fwAD.dual_level():
+        try:
+            with tracer:
+                seg.modules(fwAD.make_dual(abc[[0, 0]].flatten(0, 1), abc[1:].flatten(0, 1)))
+        except _Stop as s:
+            if tracer.switches[0].name != f"{len(seg.modules) - 1}#1":
+                raise RuntimeError(f"geometry: unexpected switch {tracer.switches[0].name!r} in a chain segment")
+            return s.payload
+    raise RuntimeError("geometry: a chain segment ended without its switch")
