@@ -19,7 +19,7 @@ from .engine.base import Backend, ChunkResult, merge_chunk_meta, model_device, m
 from .engine.chunking import ChunkPlan, SizeProbe
 from .engine.intercept import ModelCall, probe_layouts
 from .engine.layout_cache import cached_layouts
-from .neighborhood import random_frames, shared_frame, vertices
+from .neighborhood import FRAMES_VERSION, random_frames, shared_frame, vertices
 from .oom import is_out_of_memory, measure_halving
 from .result import LCResult
 from .sites import SiteSpec
@@ -120,6 +120,8 @@ def local_complexity(
     meta = dict(backend=plan.engine.name, dtype=str(request.dtype or plan.dtype).replace("torch.", ""), seed=request.seed,
                 device=str(plan.device), seconds=time.perf_counter() - t0, **plan.engine.meta,
                 directions="given" if directions is not None else ("shared" if shared_directions else "per_point"),
+                # the generator of drawn frames (issue 10 item 5: frames may change between versions)
+                **({} if directions is not None else {"frames_version": FRAMES_VERSION}),
                 **({"compiled_model": "measured its _orig_mod"} if request.compiled else {}),
                 **({"chunk_size_after_oom": plan.chunks.after_oom} if plan.chunks.after_oom else {}),
                 **{k: v for k, v in engine_meta.items() if k != "_points"})

@@ -65,3 +65,17 @@ def test_version_and_errors():
     with pytest.raises(TypeError, match="seed"):
         counter_frames((4,), 2, 0.5, torch.arange(2))
     assert counter_frames((4,), 2, 0, torch.arange(0)).shape == (0, 2, 4)
+
+
+def test_result_records_the_frame_generator():
+    """Drawn frames name their generator in the result (they may change between
+    versions); given directions do not."""
+    import torch.nn as nn
+
+    import lcfast
+    from lcfast.neighborhood import FRAMES_VERSION as DRAWN  # the default generator's (this file's is counter_frames')
+    model, x = nn.Sequential(nn.Linear(5, 7), nn.ReLU()), torch.randn(3, 5)
+    assert lcfast.local_complexity(model, x, n_dirs=2).meta["frames_version"] == DRAWN
+    assert lcfast.local_complexity(model, x, n_dirs=2, shared_directions=True).meta["frames_version"] == DRAWN
+    given = lcfast.local_complexity(model, x, directions=torch.eye(5)[:2])
+    assert "frames_version" not in given.meta and given.meta["directions"] == "given"
