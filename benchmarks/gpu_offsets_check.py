@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import time
 import traceback
@@ -45,6 +44,7 @@ import torch  # noqa: E402
 
 import lcfast  # noqa: E402
 from lcfast.api import naive_low_precision  # noqa: E402
+from lcfast.bench.prepared import median_seconds, sync  # noqa: E402
 from lcfast.engine.offsets import offsets_local_complexity  # noqa: E402
 from lcfast.frames import counter_frames  # noqa: E402
 from lcfast.neighborhood import vertices  # noqa: E402
@@ -81,22 +81,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def timed(fn, dev, rounds):
     """(result of an untimed call, median seconds of ``rounds`` calls)."""
     out = fn()
     sync(dev)
-    ts = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        sync(dev)
-        ts.append(time.perf_counter() - t)
-    return out, statistics.median(ts)
+    return out, median_seconds(fn, dev, rounds, warmup=False)
 
 
 def runner(method, model, model_bf16, x, dirs, r, chunk=None):

@@ -8,7 +8,6 @@ the tolerance rule are lcfast's own (``lcfast.engine.reference.crossing_counts``
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 
 import torch
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 
 import lcfast
 from lcfast import _extension as _native  # the compiled extension loader
+from lcfast.bench.prepared import median_seconds, sync
 from lcfast.engine.reference import crossing_counts
 from lcfast.testing import assert_counts_match, float64_oracle
 
@@ -35,22 +35,9 @@ ACT_TOL = {torch.float32: (2e-6, 1e-5), torch.bfloat16: (1e-2, 1e-2), torch.floa
            torch.float64: (1e-12, 1e-12)}
 
 
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timeit(fn, dev, reps):
     """Median seconds of ``fn()`` (device-synchronised), after one warm-up call."""
-    fn()
-    sync(dev)
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        sync(dev)
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    return median_seconds(fn, dev, reps)
 
 
 def torch_act(z, act, slope):

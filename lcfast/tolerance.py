@@ -333,14 +333,16 @@ def _channel(t, x):  # (C,) -> broadcastable over dim 1 of x
     return t.reshape(-1, *([1] * (x.dim() - 2)))
 
 
-# batch-norm packets with a ``training`` flag at position 5 (CPU; cuDNN and MIOpen on GPUs)
-_BN_TRAINING_FLAG = tuple(p for p in (aten.native_batch_norm, getattr(aten, "cudnn_batch_norm", None),
-                                      getattr(aten, "miopen_batch_norm", None)) if p is not None)
+#: Batch-norm op packets with a ``training`` flag at position 5: the CPU form and the ones
+#: eval-mode ``F.batch_norm`` takes on a GPU (cuDNN for float32/16/bf16/64 on CUDA, seen
+#: on an H200; MIOpen on ROCm).  The offsets engine's rule reads this tuple too.
+BATCH_NORM_WITH_TRAINING_FLAG = tuple(p for p in (aten.native_batch_norm, getattr(aten, "cudnn_batch_norm", None),
+                                                  getattr(aten, "miopen_batch_norm", None)) if p is not None)
 
 
 def _batch_norm(tr, packet, args, kwargs, out):
     x, w, b, mean, var = args[:5]
-    if packet in _BN_TRAINING_FLAG and args[5]:
+    if packet in BATCH_NORM_WITH_TRAINING_FLAG and args[5]:
         return None  # training-mode statistics: no rule (never the case in a measurement)
     eps = args[-1]
     f = (var + eps).rsqrt()
@@ -396,9 +398,8 @@ for _p in _SAME_OP:
     _RULES[_p] = _same_op
 _RULES.update({aten.amax: _amax_scale, aten.amin: _amax_scale,
                aten.add: _add_sub, aten.sub: _add_sub, aten.rsub: _add_sub, aten.mul: _mul, aten.div: _div,
-               aten.neg: _neg, aten.native_batch_norm: _batch_norm,
-               aten._native_batch_norm_legit_no_training: _batch_norm,
-               **{p: _batch_norm for p in _BN_TRAINING_FLAG},
+               aten.neg: _neg, aten._native_batch_norm_legit_no_training: _batch_norm,
+               **{p: _batch_norm for p in BATCH_NORM_WITH_TRAINING_FLAG},
                aten.relu: _piecewise, aten.leaky_relu: _piecewise, aten.hardtanh: _piecewise,
                aten.native_layer_norm: _layer_norm, aten.elu: _smooth, aten._softmax: _softmax})
 for _p in _SMOOTH_LIPSCHITZ:

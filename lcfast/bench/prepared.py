@@ -4,8 +4,9 @@ counts and the float64 oracle every method is checked against."""
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -13,7 +14,7 @@ import torch.nn as nn
 from .. import zoo
 from .workloads import Workload
 
-__all__ = ["Prepared", "prepare", "build_frames", "sync"]
+__all__ = ["Prepared", "prepare", "build_frames", "sync", "median_seconds"]
 
 
 def build_frames(shape, P: int, seed: int, n: int, device: torch.device, dtype: torch.dtype,
@@ -32,6 +33,21 @@ def build_frames(shape, P: int, seed: int, n: int, device: torch.device, dtype: 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], Any], device: torch.device, rounds: int, warmup: bool = True) -> float:
+    """Median wall seconds of ``rounds`` calls of ``fn`` (the device synchronised after
+    each), after one untimed call when ``warmup``."""
+    if warmup:
+        fn()
+        sync(device)
+    ts = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
 
 
 @dataclasses.dataclass

@@ -161,7 +161,8 @@ def piecewise(x: OffsetTensor, slope: float, count: bool = False):
         su = torch.zeros_like(au)
         if old is not None:
             su = su.index_copy(b - 1, torch.searchsorted(union, old), x.s4().narrow(b, 0, P).to(c4.dtype))
-        zp, zm = cu + su + au, cu + su - au
+        cs = cu + su
+        zp, zm = cs + au, cs - au
     pu = cu > 0
     exact = (pu == (zp > 0)) & (pu == (zm > 0))
     fc = f(cu)

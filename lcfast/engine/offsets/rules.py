@@ -14,6 +14,7 @@ from . import nonlinear as nl
 from .nonlinear import RULES, rule as _rule
 from .layout import align_binary, norm_dim, out_layout, view_sizes
 from .tensor import Layout, OffsetTensor, OffsetsError, align, lift
+from ...tolerance import BATCH_NORM_WITH_TRAINING_FLAG
 
 aten = torch.ops.aten
 __all__ = ["dispatch", "RULES"]
@@ -324,11 +325,9 @@ def _bn_scale(weight, var, eps, like):
     return s.to(like.dtype).reshape(1, -1, *([1] * (like.dim() - 2)))
 
 
-# ops with a ``training`` flag at position 5: the CPU form and the ones eval-mode
-# ``F.batch_norm`` takes on a GPU (cuDNN for float32/16/bf16 on CUDA, MIOpen on ROCm;
-# measured on an H200: ``aten.cudnn_batch_norm``, returning (out, mean, invstd, reserve))
-_BN_TRAINING_FLAG = tuple(op for op in (aten.native_batch_norm.default, _g("cudnn_batch_norm", "default"),
-                                        _g("miopen_batch_norm", "default")) if op is not None)
+# the batch-norm ops with a ``training`` flag (lcfast.tolerance keeps the list); on CUDA
+# ``aten.cudnn_batch_norm`` returns (out, mean, invstd, reserve)
+_BN_TRAINING_FLAG = tuple(p.default for p in BATCH_NORM_WITH_TRAINING_FLAG)
 
 
 @_rule(_g("_native_batch_norm_legit_no_training", "default"), *_BN_TRAINING_FLAG)
