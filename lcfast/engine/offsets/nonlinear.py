@@ -19,11 +19,14 @@
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .layout import norm_dim, out_layout
-from .tensor import Layout, OffsetTensor, OffsetsError, align, from_pm, merge, split
+from .screen import DELTA, antisym_bound_pts, bound_pts, rebuild, values_at
+from .tensor import Layout, OffsetTensor, OffsetsError, from_pm, from_pts, merge, split, to_pts
 
 aten = torch.ops.aten
 __all__ = ["piecewise", "crossing_counts", "scaled_counts", "max_pool", "product", "bilinear", "smooth", "fallback", "RULES"]
@@ -42,51 +45,12 @@ def rule(*ops):
     return deco
 
 
-def _antisym_bound(x: OffsetTensor) -> torch.Tensor:
-    """``max_p |a_p|`` per neuron (split form, one row), centre dtype."""
-    # amax/amin, not aminmax nor |a|: on (1, 200, 25, 1, 200) float32, one CPU thread,
-    # 0.5 ms each against 38 ms (aminmax) and 11 ms (abs + amax), measured here
-    a4, b = x.a4(), x.lay.bdim + 2
-    return torch.maximum(a4.amax(b, keepdim=True), -a4.amin(b, keepdim=True)).to(x.c.dtype)
-
-
 def scaled_counts(x: OffsetTensor, scales) -> torch.Tensor:
     """Crossing counts ``(N, K)`` with every offset scaled by ``k`` in ``scales``
     (another radius ``k * r``), exact for the antisymmetric points only: their vertex
     values are ``c +- k a_p``, crossed iff ``c - k M <= 0 <= c + k M`` (three-valued)."""
-    c4, m = x.c4(), _antisym_bound(x)
-    return torch.stack([_count(x, c4 - k * m, c4 + k * m) for k in scales], 1)
-
-
-def _bounds(x: OffsetTensor):
-    """``(lo, hi)``: min and max of the vertex values per neuron (split form, one row),
-    centre dtype.  Antisymmetric points: ``c -+ max_p |a_p|`` (rounding is monotone, so
-    this equals the min/max of the rounded vertex values); broken points: explicit.
-    Also returns the broken points' ``(c, a, s, z+, z-)`` in the centre dtype (or
-    ``None``), which :func:`piecewise` reuses."""
-    cd = x.c.dtype
-    b = x.lay.bdim + 2
-    c4 = x.c4()
-    if x.s is None:
-        m = _antisym_bound(x)
-        return c4 - m, c4 + m, None
-    # every point broken (bidx sorted, so it is 0..n-1): no antisymmetric bound to take,
-    # no selection or scatter (on ResNet18 every point breaks at its first ReLU)
-    every = x.bidx.numel() == x.ctx.n
-    cb = c4 if every else x.at_broken(c4)
-    ab = (x.a4() if every else x.at_broken(x.a4())).narrow(b, 0, x.ctx.P).to(cd)
-    sb = x.s4().narrow(b, 0, x.ctx.P).to(cd)
-    cs = cb + sb
-    zp, zm = cs + ab, cs - ab
-    lo_b = torch.minimum(zp.amin(b, keepdim=True), zm.amin(b, keepdim=True))
-    hi_b = torch.maximum(zp.amax(b, keepdim=True), zm.amax(b, keepdim=True))
-    if every:
-        lo, hi = lo_b, hi_b
-    else:
-        m = _antisym_bound(x)
-        lo = (c4 - m).index_copy(b - 1, x.bidx, lo_b)
-        hi = (c4 + m).index_copy(b - 1, x.bidx, hi_b)
-    return lo, hi, (cb, ab, sb, zp, zm)
+    c, m = antisym_bound_pts(x)
+    return torch.stack([crossed(c - k * m, c + k * m).sum(1) for k in scales], 1)
 
 
 def crossed(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -94,87 +58,80 @@ def crossed(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     return ~((lo > 0) | (hi < 0) | ((lo == 0) & (hi == 0)))
 
 
-def _count(x: OffsetTensor, lo, hi) -> torch.Tensor:
-    b = x.lay.bdim + 1
-    return crossed(lo, hi).movedim(b, 0).reshape(x.ctx.n, -1).sum(1)
+def _candidates(x: OffsetTensor):
+    """The screen (:mod:`.screen`): the centre ``(N, F)`` and, at the candidate neurons
+    ``(pt, f)``, the vertex values ``z+-`` ``(m, P)`` in the centre dtype."""
+    c, bound = bound_pts(x)
+    pt, f = torch.nonzero(c.abs() <= bound * (1 + DELTA), as_tuple=True)
+    cc, ss, aa = values_at(x, pt, f, c)
+    base = cc[:, None] + ss
+    return c, pt, f, cc, ss, aa, base + aa, base - aa
+
+
+def _crossed_at(zp, zm):
+    lo = torch.minimum(zp.amin(1), zm.amin(1))
+    hi = torch.maximum(zp.amax(1), zm.amax(1))
+    return crossed(lo, hi)
 
 
 def crossing_counts(x: OffsetTensor) -> torch.Tensor:
     """Crossed neurons per point, three-valued signs of the ``2P`` vertex values
-    (DESIGN.md section 1.4): ``LongTensor (N,)``."""
-    lo, hi, _ = _bounds(x)
-    return _count(x, lo, hi)
+    (DESIGN.md section 1.4): ``LongTensor (N,)``.  A neuron the screen clears has every
+    vertex strictly on its centre's side, so only candidates are evaluated."""
+    _, pt, _, _, _, _, zp, zm = _candidates(x)
+    return torch.bincount(pt[_crossed_at(zp, zm)], minlength=x.ctx.n)
 
 
 def piecewise(x: OffsetTensor, slope: float, count: bool = False):
     """ReLU (``slope = 0``) or LeakyReLU of ``x``; with ``count`` also the crossing
-    counts ``(N,)`` (from the same bounds).  Returns ``(out, counts)``.
+    counts ``(N,)`` (from the same vertex values).  Returns ``(out, counts)``.
 
     Per neuron and vertex pair: if the centre and both vertices lie on one side, the
-    offsets scale exactly (``a, s -> g a, g s``, ``g = 1`` or ``slope``); otherwise the
-    pair's offsets ``o+- = f(z+-) - f(c)`` are evaluated in the centre dtype and split
-    into ``a = (o+ - o-)/2``, ``s = (o+ + o-)/2``.  An antisymmetric point with any such
-    neuron becomes broken (reason ``crossing``, or ``centre_sign`` when its vertices
-    agree with each other but not with the centre)."""
+    offsets scale exactly (``a, s -> g a, g s``, ``g = 1`` or ``slope``, one factor per
+    neuron, so a low-rank basis scales with it); otherwise the pair's offsets
+    ``o+- = f(z+-) - f(c)`` are evaluated in the centre dtype and split into
+    ``a = (o+ - o-)/2``, ``s = (o+ + o-)/2`` (:func:`.screen.rebuild`).  Only the
+    screen's candidates are evaluated.  An antisymmetric point with such a neuron
+    becomes broken (reason ``crossing``, or ``centre_sign`` when its vertices agree with
+    each other but not with the centre)."""
     ctx, lay = x.ctx, x.lay
     b = lay.bdim + 2
-    lo, hi, zb = _bounds(x)
-    counts = _count(x, lo, hi) if count else None
-    c4 = x.c4()
-    pos_c = c4 > 0
-    keep = torch.where(pos_c, lo > 0, hi <= 0)
-
+    c, pt, f, cc, ss, aa, zp, zm = _candidates(x)
+    hit = _crossed_at(zp, zm)
+    counts = torch.bincount(pt[hit], minlength=ctx.n) if count else None
+    pu = cc > 0
+    exact = (pu[:, None] == (zp > 0)) & (pu[:, None] == (zm > 0))
+    bad = ~exact.all(1)
     # ReLU in one pass (torch.relu) rather than compare + scale + select: 3 of the ~20
     # elementwise passes of this rule per call (ResNet18 offsets profile, 2-core CPU)
-    f = torch.relu if slope == 0 else (lambda t: torch.where(t > 0, t, t * slope))
-    keep_scaled = (lambda t, pos: torch.where(pos, t, 0.0)) if slope == 0 else \
-        (lambda t, pos: torch.where(pos, t, t * slope))
-
-    def scaled_a4():  # the exact scale of every antisymmetric offset (1 where the centre is positive)
-        g = pos_c.to(ctx.dtype) if slope == 0 else torch.full_like(c4, slope, dtype=ctx.dtype).masked_fill_(pos_c, 1)
-        return x.a4() * g
-    c_out = merge(f(c4), lay.bdim)
+    fn = torch.relu if slope == 0 else (lambda t: torch.where(t > 0, t, t * slope))
+    c4 = x.c4()
+    c_out = merge(fn(c4), lay.bdim)
+    pos4 = c4 > 0
+    g4 = pos4.to(ctx.dtype) if slope == 0 else torch.full_like(c4, slope, dtype=ctx.dtype).masked_fill_(pos4, 1)
+    a_out4 = x.a4() * g4
+    e_out4 = None if x.s is None else x.s4() * x.at_broken(g4)
     ctx.count_op(x)
-    bad = x.per_point(~keep)  # (N,)
-    if x.bidx is not None:
-        bad[x.bidx] = False
-    if not bool(bad.any()):
-        if x.s is None:
-            return OffsetTensor(c_out, merge(scaled_a4(), lay.bdim), None, None, lay, ctx), counts
-        old = x.bidx
+    pt_all = pt
+    pt, f, exact = pt[bad], f[bad], exact[bad]
+    if pt.numel():
+        cb, zp, zm, aa, ss = cc[bad], zp[bad], zm[bad], aa[bad], ss[bad]
+        g = torch.full_like(cb, slope).masked_fill_(cb > 0, 1.0)[:, None]
+        fc = fn(cb)[:, None]
+        op, om = fn(zp) - fc, fn(zm) - fc
+        a_vals = torch.where(exact, g * aa, (op - om) * 0.5)
+        s_vals = torch.where(exact, g * ss, (op + om) * 0.5)
+        newly = torch.zeros(ctx.n, dtype=torch.bool, device=pt.device)
+        newly[pt] = True
+        if x.bidx is not None:
+            newly[x.bidx] = False
+        crossed_pts = torch.zeros_like(newly)
+        crossed_pts[pt_all[hit]] = True
+        ctx.mark_break(newly & crossed_pts, "crossing")
+        ctx.mark_break(newly & ~crossed_pts, "centre_sign")
     else:
-        hit = x.per_point(crossed(lo, hi))
-        ctx.mark_break(bad & hit, "crossing")
-        ctx.mark_break(bad & ~hit, "centre_sign")
-        old = x.bidx
-    # broken points after this op: the old ones and the new ones
-    new = torch.nonzero(bad).flatten().to(c4.device)
-    P = ctx.P
-    if new.numel() == 0:  # no newly broken point: the bounds' vertex values are the ones needed
-        union = old
-        cu, au, su, zp, zm = zb
-    else:
-        union = new if old is None else torch.unique(torch.cat([old, new]))
-        sel = lambda t: t.index_select(b - 1, union)  # noqa: E731
-        cu = sel(c4)
-        au = sel(x.a4()).narrow(b, 0, P).to(c4.dtype)
-        su = torch.zeros_like(au)
-        if old is not None:
-            su = su.index_copy(b - 1, torch.searchsorted(union, old), x.s4().narrow(b, 0, P).to(c4.dtype))
-        cs = cu + su
-        zp, zm = cs + au, cs - au
-    pu = cu > 0
-    exact = (pu == (zp > 0)) & (pu == (zm > 0))
-    fc = f(cu)
-    op, om = f(zp) - fc, f(zm) - fc
-    a_new = torch.where(exact, keep_scaled(au, pu), (op - om) * 0.5)
-    s_new = torch.where(exact, keep_scaled(su, pu), (op + om) * 0.5)
-    a_new, s_new = a_new.to(ctx.dtype), s_new.to(ctx.dtype)
-    if ctx.R != P:
-        a_new, s_new = torch.cat([a_new, a_new], b), torch.cat([s_new, s_new], b)
-    # union sorted: all n points means a_new is every point's, in order
-    a4 = a_new if union.numel() == ctx.n else scaled_a4().index_copy(b - 1, union, a_new)
-    return OffsetTensor(c_out, merge(a4, lay.bdim), merge(s_new, lay.bdim), union, lay, ctx), counts
+        a_vals = s_vals = aa[:0]
+    return rebuild(x, c_out, a_out4, e_out4, lay, pt, f, a_vals, s_vals), counts
 
 
 @rule(aten.relu.default)
@@ -195,51 +152,117 @@ for _k in (1, 2, 3):
         _MAX_POOLS[_op] = _k
 
 
+def _pool_params(k: int, args, kwargs):
+    """``(kernel, stride, padding, dilation)`` of ``max_pool{k}d_with_indices``, each a
+    ``k``-tuple."""
+    v = dict(zip(("kernel_size", "stride", "padding", "dilation", "ceil_mode"), args))
+    v.update(kwargs)
+
+    def tup(t, default):
+        t = default if t is None or (isinstance(t, (list, tuple)) and len(t) == 0) else t
+        t = tuple(t) if isinstance(t, (list, tuple)) else (t,)
+        return t * k if len(t) == 1 else t
+    ks = tup(v["kernel_size"], None)
+    return ks, tup(v.get("stride"), ks), tup(v.get("padding"), (0,)), tup(v.get("dilation"), (1,))
+
+
+def window_index(size_in, size_out, kernel, stride, padding, dilation) -> torch.Tensor:
+    """``(L_out, kk)``: the flat input position of each element of each pooling window,
+    in the kernel's row-major scan order (the order max pooling breaks ties in), ``-1``
+    where the window hangs over the padding."""
+    pos, ok = [], []
+    for i, o, k, s, p, d in zip(size_in, size_out, kernel, stride, padding, dilation):
+        q = torch.arange(o)[:, None] * s - p + torch.arange(k)[None, :] * d  # (o, k)
+        pos.append(q)
+        ok.append((q >= 0) & (q < i))
+    flat = torch.zeros((), dtype=torch.long)
+    valid = torch.ones((), dtype=torch.bool)
+    nd = len(pos)
+    for j, (q, m) in enumerate(zip(pos, ok)):
+        shape = [1] * (2 * nd)
+        shape[j], shape[nd + j] = q.shape
+        flat = flat * size_in[j] + q.reshape(shape)
+        valid = valid & m.reshape(shape)
+    return torch.where(valid, flat, -1).reshape(math.prod(size_out), -1)
+
+
 @rule(*_MAX_POOLS)
 def max_pool(func, args, kwargs):
-    """Per-window rule for ``max_pool{1,2,3}d_with_indices`` (see module docstring)."""
+    """Per-window rule for ``max_pool{1,2,3}d_with_indices``.
+
+    A window whose centre argmax ``i`` provably stays a maximiser at every vertex
+    (``c_i - b_i > c_j + b_j`` for the other elements ``j``, ``b`` the screen's bound)
+    passes every part through ``i`` exactly (``a[i]``, basis rows ``E[i]``).  The other
+    windows are evaluated at all ``2P`` vertices from their elements' exact values;
+    where the centre's argmax is not a maximiser at some vertex (an argmax switch) the
+    window's offsets ``max_j v[j] - c_out`` go through :func:`.screen.rebuild`, and the
+    point becomes broken (reason ``argmax``).  The returned indices are the vertices'
+    own argmaxes (the centre's expanded, materialised only where one differs)."""
     x = args[0]
     k = _MAX_POOLS[func]
-    if not isinstance(x, OffsetTensor) or x.lay.bdim != 0 or x.dim() != k + 2:
+    if not isinstance(x, OffsetTensor) or x.dim() != k + 2 or x.lay.bdim != 0:
         raise OffsetsError(f"{func}: batched input with the vertex batch in dimension 0 expected")
     ctx, lay = x.ctx, x.lay
     n, P, R = ctx.n, ctx.P, ctx.R
-    rest = args[1:]
-    c_out, idx_c = func(x.c, *rest, **kwargs)
-    _, idx_v = func(x.vertices(), *rest, **kwargs)
+    c_out, idx_c = func(x.c, *args[1:], **kwargs)
     ctx.count_op(x)
-    out_shape = c_out.shape[1:]
-
-    def flat(t):  # (rows, C, *spatial) -> (rows, C, S)
-        return t.reshape(t.shape[0], t.shape[1], -1)
-
+    size_in, size_out = tuple(x.shape[2:]), tuple(c_out.shape[2:])
+    lin, lout = math.prod(size_in), math.prod(size_out)
+    win = window_index(size_in, size_out, *_pool_params(k, args[1:], kwargs)).to(x.c.device)
+    # the screen, one row per point: (N, G, L) with G = channels (and merged batch factors)
+    c, bound = bound_pts(x)
+    c3 = c.reshape(n, -1, lin)
+    bnd = bound.reshape(n, -1, lin) * (1 + DELTA)
     ic4 = split(idx_c, lay, n, 1)
-    iv4 = split(idx_v, lay, n, 2 * P)
-    switched = x.per_point(iv4 != ic4)
-    old = torch.zeros_like(switched)
+    ic = to_pts(ic4, 0)[:, 0].reshape(n, -1, lout)
+    w_star = (c3 - bnd).gather(2, ic)
+    u = (c3 + bnd)[:, :, win.clamp(min=0)]  # (N, G, L_out, kk)
+    u = u.masked_fill((win < 0) | (win == ic[..., None]), -math.inf)
+    pt, gch, o = torch.nonzero(~(w_star > u.amax(-1)), as_tuple=True)
+    del u
+    # candidate windows: every vertex's values at the window's elements
+    pos = win[o]  # (m, kk)
+    kk = pos.shape[1]
+    cc, ss, aa = values_at(x, pt.repeat_interleave(kk), (gch[:, None] * lin + pos.clamp(min=0)).flatten(),
+                           c.reshape(n, -1))
+    base = cc[:, None] + ss
+    v = torch.cat([base + aa, base - aa], 1).reshape(-1, kk, 2 * P)
+    v = v.masked_fill((pos < 0)[:, :, None], -math.inf)
+    vmax, amx = v.max(1)  # (m, 2P), first maximiser
+    jstar = (pos == ic[pt, gch, o][:, None]).to(torch.int8).argmax(1)
+    vstar = v[torch.arange(v.shape[0], device=v.device), jstar]
+    bad = ~(vmax == vstar).all(1)
+    # the exact parts through the centre's argmax
+    a_out = _gather_rows(x.a, ic4, R, out_shape := c_out.shape[1:])
+    e_out4 = None
+    if x.s is not None:
+        e_out4 = split(_gather_rows(x.s, ic4.index_select(1, x.bidx), x.K, out_shape), lay, x.nb, x.K)
+    pb, fb = pt[bad], gch[bad] * lout + o[bad]
+    newly = torch.zeros(n, dtype=torch.bool, device=pt.device)
+    newly[pb] = True
     if x.bidx is not None:
-        old[x.bidx] = True
-    ctx.mark_break(switched & ~old, "argmax")
-    # the parts gathered at the centre's argmax: exact for every point that did not switch
-    ic = merge(ic4.expand(*ic4.shape[:2], R, *ic4.shape[3:]), 0)
-    a = flat(x.a).gather(2, flat(ic)).reshape(-1, *out_shape)
-    brk = switched | old
-    if not bool(brk.any()):
-        return OffsetTensor(c_out, a, None, None, lay, ctx), idx_v
-    # broken points, every vertex: o = v[j] - c_out = c[j] - c[i] + d[j]; then the a/s split
-    bidx = torch.nonzero(brk).flatten()
-    zp, zm = x.pm()
-    v = merge(torch.cat([zp, zm], 2).index_select(1, bidx), 0)
-    iv = merge(iv4.index_select(1, bidx), 0)
-    vj = flat(v).gather(2, flat(iv)).reshape(-1, *out_shape)
-    cb4 = split(c_out, lay, n, 1).index_select(1, bidx)
-    o4 = split(vj, Layout(0, lay.outer, lay.inner), bidx.numel(), 2 * P) - cb4.to(v.dtype)
-    a_b = ((o4.narrow(2, 0, P) - o4.narrow(2, P, P)) * 0.5).to(ctx.dtype)
-    s_b = ((o4.narrow(2, 0, P) + o4.narrow(2, P, P)) * 0.5).to(ctx.dtype)
-    if R != P:
-        a_b, s_b = torch.cat([a_b, a_b], 2), torch.cat([s_b, s_b], 2)
-    a4 = split(a, lay, n, R).index_copy(1, bidx, a_b)
-    return OffsetTensor(c_out, merge(a4, 0), merge(s_b, 0), bidx, lay, ctx), idx_v
+        newly[x.bidx] = False
+    ctx.mark_break(newly, "argmax")
+    co = to_pts(split(c_out, lay, n, 1), 0)[:, 0][pb, fb]
+    o_v = vmax[bad] - co[:, None]
+    op, om = o_v[:, :P], o_v[:, P:]
+    out = rebuild(x, c_out, split(a_out, lay, n, R), e_out4, lay, pb, fb, (op - om) * 0.5, (op + om) * 0.5)
+    # indices of the vertices: the centre's, and each candidate window's own argmax
+    iv4 = ic4.expand(*ic4.shape[:2], 2 * P, *ic4.shape[3:])
+    chosen = pos.gather(1, amx)  # (m, 2P)
+    moved = chosen != ic[pt, gch, o][:, None]
+    if bool(moved.any()):
+        iv = to_pts(iv4, 0).clone()
+        iv[pt, :, gch * lout + o] = chosen
+        iv4 = from_pts(iv, iv4.shape, 0)
+    return out, merge(iv4, 0).reshape(-1, *out_shape)
+
+
+def _gather_rows(t: torch.Tensor, ic4: torch.Tensor, rows: int, out_shape) -> torch.Tensor:
+    """Rows of ``t`` (``pts * rows`` in dimension 0) read at their point's centre argmax."""
+    ic = merge(ic4.expand(*ic4.shape[:2], rows, *ic4.shape[3:]), 0)
+    flat = lambda z: z.reshape(z.shape[0], z.shape[1], -1)  # noqa: E731
+    return flat(t).gather(2, flat(ic)).reshape(-1, *out_shape)
 
 
 def product(a: OffsetTensor, b: OffsetTensor, lay: Layout) -> OffsetTensor:

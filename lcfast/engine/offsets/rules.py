@@ -82,7 +82,7 @@ def _view(func, args, kwargs):
     x, size = args[0], args[1]
     sizes, lay = view_sizes(x, size)
     R = x.ctx.R
-    s = None if x.s is None else x.s.reshape(sizes(x.nb, R))
+    s = None if x.s is None else x.s.reshape(sizes(x.nb, x.K))
     return x.with_parts(x.c.reshape(sizes(x.ctx.n, 1)), x.a.reshape(sizes(x.ctx.n, R)), s, lay)
 
 

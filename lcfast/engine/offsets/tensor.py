@@ -8,10 +8,19 @@ stores, per point, the value of vertex ``+-v_p`` as ``c + s_p +- a_p``:
 * ``c``: the centres, ``N`` in place of ``N * 2P``, centre dtype (float32 / float64);
 * ``a``: the antisymmetric part, ``N * R`` rows, compute dtype (bf16, fp16, fp32, fp64);
 * ``s``: the symmetric part, only for the points whose antisymmetry broke
-  (``bidx``, sorted indices; ``Nb * R`` rows), ``None`` while no point broke.
+  (``bidx``, sorted indices), ``None`` while no point broke.  Either *dense*
+  (``coef is None``: ``Nb * R`` rows, row ``p`` is ``s_p``) or *low-rank*: ``Nb * K``
+  basis rows ``E`` with per-point coefficients ``coef`` ``(Nb, R, K)`` (centre
+  dtype), ``s_p = sum_k coef[p, k] E_k``.  A crossed ReLU neuron or a switched
+  max-pool window adds one basis row (a unit vector at that neuron, its values in
+  ``coef``), so a point that broke at a few neurons costs ``1 + P + K`` rows
+  instead of ``1 + 2P``; the basis is kept while ``K <= R`` (never more rows than
+  dense) and made dense otherwise.  ``blocks`` names the basis columns (one id per
+  op that added them) so that two tensors derived from one (a residual add) share
+  their common columns instead of stacking them.
 
-So a point costs ``1 + P`` rows while antisymmetric and ``1 + 2P`` after, decided
-per point.  ``R = max(P, 2)``: for ``P = 1`` the single row is stored twice (the
+So a point costs ``1 + P`` rows while antisymmetric and ``1 + P + min(K, P)``
+after, decided per point and op.  ``R = max(P, 2)``: for ``P = 1`` the single row is stored twice (the
 duplicate vertex changes no crossing) so that centre and offset results always
 differ in size along the batch.
 
@@ -23,11 +32,12 @@ the output layout; when it cannot be decided the rule raises :class:`OffsetsErro
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 
-__all__ = ["Layout", "OffsetContext", "OffsetTensor", "OffsetsError", "split", "merge", "lift"]
+__all__ = ["Layout", "OffsetContext", "OffsetTensor", "OffsetsError", "split", "merge", "lift", "to_pts", "from_pts"]
 
 
 class OffsetsError(RuntimeError):
@@ -67,6 +77,12 @@ class OffsetContext:
         self.breaks: dict[str, int] = {}
         self.ops = 0
         self.row_work = 0.0
+        self._blocks = 0
+
+    def new_block(self) -> int:
+        """A fresh id for basis columns of the low-rank symmetric part."""
+        self._blocks += 1
+        return self._blocks
 
     def cast(self, t):
         """A constant (weight, scale) in the offsets dtype; cached per storage/version."""
@@ -81,9 +97,9 @@ class OffsetContext:
 
     def count_op(self, x: "OffsetTensor") -> None:
         """Account one op on ``x``'s offsets (``1 + P`` or ``1 + 2P`` rows per point)."""
-        nb = 0 if x.bidx is None else x.bidx.numel()
+        extra = 0 if x.s is None else x.nb * min(x.K, self.P)
         self.ops += 1
-        self.row_work += 1 + self.P * (1 + nb / max(1, self.n))
+        self.row_work += 1 + self.P + extra / max(1, self.n)
 
     def mark_break(self, points: torch.Tensor, reason: str) -> None:
         """Record that the points in bool mask ``points`` (N,) lose antisymmetry now."""
@@ -106,6 +122,19 @@ def merge(t: torch.Tensor, b: int) -> torch.Tensor:
     return t.flatten(b, b + 3)
 
 
+def to_pts(t4: torch.Tensor, b: int) -> torch.Tensor:
+    """Split form (batch dimension ``b``) to ``(pts, rows, F)``, ``F`` = every other
+    dimension flattened (a view when the batch leads, else a copy)."""
+    t = t4.movedim((b + 1, b + 2), (0, 1))
+    return t.reshape(t.shape[0], t.shape[1], -1)
+
+
+def from_pts(tp: torch.Tensor, shape4, b: int) -> torch.Tensor:
+    """Inverse of :func:`to_pts` for a split-form ``shape4`` (points and rows from ``tp``)."""
+    other = list(shape4[:b + 1]) + list(shape4[b + 3:])
+    return tp.reshape(tp.shape[0], tp.shape[1], *other).movedim((0, 1), (b + 1, b + 2))
+
+
 class OffsetTensor(torch.Tensor):
     """Centre ``c``, antisymmetric part ``a`` and symmetric part ``s`` (points ``bidx``)
     of ``N`` points, seen by the model as the ``N * 2P``-vertex batch (module docstring).
@@ -114,37 +143,46 @@ class OffsetTensor(torch.Tensor):
     __torch_function__ = torch._C._disabled_torch_function_impl
 
     @staticmethod
-    def __new__(cls, c, a, s, bidx, layout: Layout, ctx: OffsetContext):
+    def __new__(cls, c, a, s, bidx, layout: Layout, ctx: OffsetContext, coef=None, blocks=None):
         shape = list(c.shape)
         shape[layout.bdim] = c.shape[layout.bdim] * 2 * ctx.P
         return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=c.dtype, device=c.device)
 
-    def __init__(self, c, a, s, bidx, layout, ctx):
-        self._set(c, a, s, bidx, layout, ctx)
+    def __init__(self, c, a, s, bidx, layout, ctx, coef=None, blocks=None):
+        self._set(c, a, s, bidx, layout, ctx, coef, blocks)
 
-    def _set(self, c, a, s, bidx, layout, ctx):
+    def _set(self, c, a, s, bidx, layout, ctx, coef=None, blocks=None):
         b = layout.bdim
         unit = layout.outer * layout.inner
         ok = c.dim() == a.dim() and c.shape[b] == unit * ctx.n and a.shape[b] == unit * ctx.n * ctx.R
         if s is not None:
-            ok = ok and bidx is not None and s.dim() == c.dim() and s.shape[b] == unit * bidx.numel() * ctx.R
+            K = ctx.R if coef is None else coef.shape[-1]
+            ok = ok and bidx is not None and s.dim() == c.dim() and s.shape[b] == unit * bidx.numel() * K
+            if coef is not None:
+                ok = ok and coef.shape == (bidx.numel(), ctx.R, K) and sum(k for _, k in blocks) == K
             if bidx.numel() == 0:
                 s = bidx = None
-        else:
-            bidx = None
+        if s is None:
+            bidx = coef = blocks = None
         if not ok:
             raise OffsetsError(f"internal: centre {tuple(c.shape)} / offsets {tuple(a.shape)} / "
                                f"{None if s is None else tuple(s.shape)} disagree with {layout} for N={ctx.n}")
         self.c, self.a, self.s, self.bidx, self.lay, self.ctx = c, a, s, bidx, layout, ctx
+        self.coef, self.blocks = coef, (None if coef is None else tuple(blocks))
 
     def assign(self, other: "OffsetTensor") -> "OffsetTensor":
         """Become ``other`` (for in-place ops)."""
-        self._set(other.c, other.a, other.s, other.bidx, other.lay, other.ctx)
+        self._set(other.c, other.a, other.s, other.bidx, other.lay, other.ctx, other.coef, other.blocks)
         return self
 
     @property
     def nb(self) -> int:
         return 0 if self.bidx is None else self.bidx.numel()
+
+    @property
+    def K(self) -> int:
+        """Rows per broken point of ``s`` (``R`` when dense)."""
+        return self.ctx.R if self.coef is None else self.coef.shape[-1]
 
     def __repr__(self):  # printing must not run ops
         return (f"OffsetTensor(shape={tuple(self.shape)}, centre={self.c.dtype}, offsets={self.a.dtype}, "
@@ -158,7 +196,20 @@ class OffsetTensor(torch.Tensor):
         return split(self.a, self.lay, self.ctx.n, self.ctx.R)
 
     def s4(self) -> torch.Tensor | None:
-        return None if self.s is None else split(self.s, self.lay, self.nb, self.ctx.R)
+        return None if self.s is None else split(self.s, self.lay, self.nb, self.K)
+
+    def s_dense4(self, dtype=None) -> torch.Tensor | None:
+        """The symmetric part ``s_p`` of the broken points, ``R`` rows, split form
+        (``coef @ E`` in the centre dtype when low-rank)."""
+        if self.s is None:
+            return None
+        s4 = self.s4()
+        if self.coef is None:
+            return s4 if dtype is None else s4.to(dtype)
+        b = self.lay.bdim
+        E = to_pts(s4, b).to(self.coef.dtype)
+        sd = from_pts(torch.bmm(self.coef, E), s4.shape, b)
+        return sd.to(dtype or self.a.dtype)
 
     def at_broken(self, t4: torch.Tensor) -> torch.Tensor:
         """Rows of the broken points of a split-form tensor over all points."""
@@ -168,7 +219,7 @@ class OffsetTensor(torch.Tensor):
         """The symmetric part over all points (zeros where antisymmetric), split form."""
         if self.s is None:
             return None
-        s4 = self.s4().to(dtype or self.a.dtype)
+        s4 = self.s_dense4(dtype or self.a.dtype)
         shape = list(self.a4().shape)
         out = torch.zeros(shape, dtype=s4.dtype, device=s4.device)
         return out.index_copy(self.lay.bdim + 1, self.bidx, s4)
@@ -203,8 +254,14 @@ class OffsetTensor(torch.Tensor):
         return t4.movedim(b, 0).reshape(t4.shape[b], -1).any(1)
 
     def with_parts(self, c, a, s, layout=None) -> "OffsetTensor":
-        """A tensor with the same broken points and new parts."""
-        return OffsetTensor(c, a, s, self.bidx, layout or self.lay, self.ctx)
+        """A tensor with the same broken points (and basis coefficients) and new parts."""
+        return OffsetTensor(c, a, s, self.bidx, layout or self.lay, self.ctx, self.coef, self.blocks)
+
+    def densified(self) -> "OffsetTensor":
+        """The same values with a dense symmetric part."""
+        if self.coef is None:
+            return self
+        return OffsetTensor(self.c, self.a, merge(self.s_dense4(), self.lay.bdim), self.bidx, self.lay, self.ctx)
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
@@ -245,24 +302,57 @@ def lift(t: torch.Tensor, like: OffsetTensor, bdim: int) -> OffsetTensor:
 
 
 def align(xs: list) -> list:
-    """The tensors with a common set of broken points (the union; zeros added)."""
+    """The tensors with a common set of broken points (the union; zeros added) and a
+    common symmetric basis: the union of their basis blocks (a block two tensors share
+    is one set of columns), or dense when that would exceed ``R`` rows or one is dense."""
     parts = [x for x in xs if isinstance(x, OffsetTensor)]
-    if all(x.bidx is None for x in parts) or (
-            len({None if x.bidx is None else tuple(x.bidx.tolist()) for x in parts}) == 1):
+    if all(x.s is None for x in parts):
         return xs
+    keys = {(None if x.bidx is None else tuple(x.bidx.tolist()), x.blocks, x.coef is None and x.s is not None)
+            for x in parts}
+    if len(keys) == 1:
+        return xs
+    ref = parts[0]
+    ctx, dev = ref.ctx, ref.a.device
     union = torch.unique(torch.cat([x.bidx for x in parts if x.bidx is not None]))
+    nu = union.numel()
+    blocks: dict = {}
+    for x in parts:
+        for bid, k in (x.blocks or ()):
+            blocks.setdefault(bid, k)
+    dense = any(x.s is not None and x.coef is None for x in parts) or sum(blocks.values()) > ctx.R
+    K = ctx.R if dense else sum(blocks.values())
+    offset, at = {}, 0
+    for bid, k in blocks.items():
+        offset[bid] = at
+        at += k
+    coef = None if dense else torch.zeros(nu, ctx.R, K, dtype=next(x.coef for x in parts if x.coef is not None).dtype,
+                                           device=dev)
+    filled = set()
     out = []
     for x in xs:
         if not isinstance(x, OffsetTensor):
             out.append(x)
             continue
-        b = x.lay.bdim + 1
-        shape = list(x.a4().shape)
-        shape[b] = union.numel()
-        s = torch.zeros(shape, dtype=x.a.dtype, device=x.a.device)
-        if x.bidx is not None:
-            s = s.index_copy(b, torch.searchsorted(union, x.bidx), x.s4())
-        out.append(OffsetTensor(x.c, x.a, merge(s, x.lay.bdim), union, x.lay, x.ctx))
+        b = x.lay.bdim
+        shape4 = list(x.a4().shape)
+        shape4[b + 1], shape4[b + 2] = nu, K
+        T = torch.zeros(nu, K, math.prod(shape4) // (nu * K), dtype=x.a.dtype, device=dev)
+        if x.s is not None:
+            pos = torch.searchsorted(union, x.bidx)
+            if dense:
+                T[pos] = to_pts(x.s_dense4(x.a.dtype), b)
+            else:
+                cols, poff = [], 0
+                for bid, k in x.blocks:
+                    cols += range(offset[bid], offset[bid] + k)
+                    if bid not in filled:
+                        coef[pos, :, offset[bid]:offset[bid] + k] = x.coef[:, :, poff:poff + k]
+                        filled.add(bid)
+                    poff += k
+                T[pos[:, None], torch.tensor(cols, device=dev)[None, :]] = to_pts(x.s4(), b)
+        s = merge(from_pts(T, shape4, b), b)
+        out.append(OffsetTensor(x.c, x.a, s, union, x.lay, x.ctx, coef, None if dense else tuple(blocks.items())))
     return out
 
 
