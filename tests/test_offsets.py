@@ -95,6 +95,45 @@ def test_rows_per_point_antisymmetric_mlp():
     assert 1 + 6 < res.meta["rows_per_point"] <= 1 + 12
 
 
+class _Residual(nn.Module):
+    """Linear -> ReLU -> (x + Linear(ReLU(Linear x))) -> ReLU: a residual add of two
+    tensors that carry the same low-rank basis block."""
+
+    def __init__(self, d=12):
+        super().__init__()
+        self.inp, self.f1, self.f2 = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        return torch.relu(h + self.f2(torch.relu(self.f1(h))))
+
+
+def test_low_rank_symmetric_part():
+    """A point that crosses a few neurons carries ``1 + P + K`` rows (``K`` the crossed
+    neurons so far), not ``1 + 2P``; a residual add keeps one set of basis columns for
+    the block both operands share; counts and every vertex value equal the vertex push."""
+    from lcfast.engine.offsets.runner import input_tensor
+    from lcfast.engine.offsets.tensor import OffsetContext
+    torch.manual_seed(2)
+    model = _Residual().double().eval()
+    x, dirs = _data((12,), 1, 8)
+    x, dirs, r = x.double(), dirs.double(), 0.2
+    with torch.no_grad():
+        h = torch.relu(model.inp(input_tensor(x, dirs, r, torch.float64, OffsetContext(1, 8, torch.float64))))
+        assert h.coef is not None and h.K == 2  # low rank: two crossed neurons, two unit rows (not 2P)
+        g = model.f2(torch.relu(model.f1(h)))
+        assert len(g.blocks) == 2 and g.blocks[0] == h.blocks[0]  # the branch crossed neurons too
+        out = h + g
+        # h's block is g's first block: one set of columns in the sum, not two
+        assert out.blocks == g.blocks and out.K == g.K == 4
+        v = torch.cat([x + r * dirs[0], x - r * dirs[0]])
+        assert torch.allclose(torch.relu(out).vertices(), model(v), rtol=0, atol=1e-13)
+    res = offsets_local_complexity(model, x, radius=r, directions=dirs, dtype=torch.float64)
+    oracle = float64_oracle(model, x, radius=r, directions=dirs, dtype=torch.float64)
+    assert torch.equal(res.counts, oracle.counts) and int(res.counts.sum()) > 0
+    assert res.meta["rows_per_point"] < 1 + 2 * 8
+
+
 def test_argmax_switch_breaks_antisymmetry():
     """A max-pool window whose argmax at a vertex differs from the centre's, with no
     crossing anywhere: antisymmetry breaks there and the pooled values stay exact."""

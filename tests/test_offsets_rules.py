@@ -21,6 +21,7 @@ SET = settings(max_examples=20, deadline=None)
 @st.composite
 def cases(draw):
     return dict(n=draw(st.integers(1, 3)), P=draw(st.integers(1, 4)), sym=draw(st.booleans()),
+                rank=draw(st.sampled_from([None, 1, 2, 3])),
                 scale=draw(st.sampled_from([1e-6, 1e-3, 0.1, 1.0, 10.0])), seed=draw(st.integers(0, 2**31 - 1)))
 
 
@@ -33,13 +34,20 @@ def make(case, feat, ctx=None, seed_offset=0):
     c = torch.randn(n, *feat, generator=g, dtype=torch.float64)
     a = torch.randn(n, P, *feat, generator=g, dtype=torch.float64) * case["scale"]
     a = torch.cat([a, a], 1) if R != P else a  # P = 1: the row is stored twice
-    s = bidx = None
+    s = bidx = coef = blocks = None
     if not case["sym"]:  # a random nonempty subset of broken points with a symmetric part
         bidx = torch.nonzero(torch.rand(n, generator=g) < 0.6).flatten()
         bidx = bidx if bidx.numel() else torch.tensor([n - 1])
-        s = torch.randn(bidx.numel(), P, *feat, generator=g, dtype=torch.float64) * case["scale"]
-        s = (torch.cat([s, s], 1) if R != P else s).reshape(-1, *feat)
-    return OffsetTensor(c, a.reshape(-1, *feat), s, bidx, Layout(0), ctx)
+        K = case.get("rank")
+        if K is None or K > R:  # dense: row p is s_p
+            s = torch.randn(bidx.numel(), P, *feat, generator=g, dtype=torch.float64) * case["scale"]
+            s = (torch.cat([s, s], 1) if R != P else s).reshape(-1, *feat)
+        else:  # low rank: K basis rows, s_p = sum_k coef[p, k] E_k
+            s = torch.randn(bidx.numel() * K, *feat, generator=g, dtype=torch.float64) * case["scale"]
+            coef = torch.randn(bidx.numel(), P, K, generator=g, dtype=torch.float64)
+            coef = torch.cat([coef, coef], 1) if R != P else coef
+            blocks = ((ctx.new_block(), K),)
+    return OffsetTensor(c, a.reshape(-1, *feat), s, bidx, Layout(0), ctx, coef, blocks)
 
 
 def close(out, expect):
