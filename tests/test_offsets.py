@@ -131,7 +131,7 @@ def test_low_rank_symmetric_part():
     res = offsets_local_complexity(model, x, radius=r, directions=dirs, dtype=torch.float64)
     oracle = float64_oracle(model, x, radius=r, directions=dirs, dtype=torch.float64)
     assert torch.equal(res.counts, oracle.counts) and int(res.counts.sum()) > 0
-    assert res.meta["rows_per_point"] < 1 + 2 * 8
+    assert res.meta["rows_per_point"] < 1 + 2 * 8 and res.meta["symmetric_part"]["low_rank_ops"] > 0
 
 
 def test_argmax_switch_breaks_antisymmetry():

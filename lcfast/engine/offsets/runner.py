@@ -69,6 +69,7 @@ def run_offsets(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, rad
         centre_dtype=str(x.dtype).replace("torch.", ""),
         rows_per_point=rows_per_point(ctx),
         vertex_rows_per_point=2 * P,
+        symmetric_part=dict(ctx.symmetric),
         antisymmetric_points=int(antisym.sum()),
         breaks=dict(ctx.breaks),
         first_break_op=ctx.first_break.tolist(),

@@ -43,7 +43,8 @@ def bound_pts(x: OffsetTensor):
     neuron and a bound on ``|s_p +- a_p|`` over the vertices."""
     c, m = antisym_bound_pts(x)
     if x.s is not None:
-        m = m.index_add(0, x.bidx, s_bound(x))
+        sb = s_bound(x)
+        m = m + sb if x.nb == x.ctx.n else m.index_add(0, x.bidx, sb)
     return c, m
 
 
@@ -93,7 +94,8 @@ def rebuild(x: OffsetTensor, c_out: torch.Tensor, a_out4: torch.Tensor, e_out4: 
         a_out4: ``(split form, N points, R rows)`` antisymmetric part where the case split
             held (a fresh tensor: it is written into).
         e_out4: the input basis rows mapped by the same exact rule (split form, ``x.nb``
-            points, ``x.K`` rows), or ``None`` when ``x`` has no symmetric part.
+            points, ``x.K`` rows; a fresh tensor: it may be written into), or ``None``
+            when ``x`` has no symmetric part.
         lay: output layout.
         pt, f: ``(m,)`` the bad neurons (point, flat neuron of the output), sorted by point.
         a_vals, s_vals: ``(m, P)`` their antisymmetric and symmetric parts, centre dtype.
@@ -119,6 +121,11 @@ def rebuild(x: OffsetTensor, c_out: torch.Tensor, a_out4: torch.Tensor, e_out4: 
     shape4 = list(a_out4.shape)
     shape4[b + 1] = nu
     old = None if x.s is None else torch.searchsorted(union, x.bidx)
+    if x.s is not None and x.coef is None and nu == x.nb:  # dense, same points: write in place
+        S = to_pts(e_out4, b)
+        if pt.numel():
+            S[q, :, f] = _rows(s_vals, R).to(dt)
+        return OffsetTensor(c_out, a, merge(from_pts(S, e_out4.shape, b), b), union, lay, ctx)
     if (x.s is not None and x.coef is None) or K + M > R:  # dense
         S = torch.zeros(nu, R, F, dtype=c_out.dtype, device=dev)
         if x.s is not None:

@@ -67,6 +67,8 @@ class OffsetContext:
             stopped being antisymmetric (``-1`` while it still is).
         breaks: ``{reason: points}`` that broke antisymmetry for that reason.
         ops / row_work: offset ops run and the sum of their rows per point.
+        symmetric: ``{"low_rank_ops", "dense_ops"}``: offset ops that met a low-rank /
+            dense symmetric part.
     """
 
     def __init__(self, n: int, P: int, dtype: torch.dtype):
@@ -77,6 +79,7 @@ class OffsetContext:
         self.breaks: dict[str, int] = {}
         self.ops = 0
         self.row_work = 0.0
+        self.symmetric = {"low_rank_ops": 0, "dense_ops": 0}
         self._blocks = 0
 
     def new_block(self) -> int:
@@ -100,6 +103,9 @@ class OffsetContext:
         extra = 0 if x.s is None else x.nb * min(x.K, self.P)
         self.ops += 1
         self.row_work += 1 + self.P + extra / max(1, self.n)
+        if x.s is not None:
+            kind = "dense_ops" if x.coef is None else "low_rank_ops"
+            self.symmetric[kind] += 1
 
     def mark_break(self, points: torch.Tensor, reason: str) -> None:
         """Record that the points in bool mask ``points`` (N,) lose antisymmetry now."""
