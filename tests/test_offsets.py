@@ -259,3 +259,29 @@ def test_unknown_op_general_fallback():
     model = _Unknown()
     x, dirs = _data((6,), 4, 3)
     _check(model, x, dirs, 0.3, torch.float64)
+
+
+def test_tf32_flag():
+    """``tf32=True`` allows TF32 only inside the offsets' linear ops on CUDA (the flags
+    are restored after, and the centre's ops never see them); elsewhere a no-op; it
+    needs float32 offsets.  (The accuracy it costs is measured by
+    benchmarks/gpu_offsets_check.py's ``offsets-tf32`` on a GPU.)"""
+    from lcfast.engine.offsets.tensor import OffsetContext
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    ctx = OffsetContext(1, 2, torch.float32, tf32=True)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        with ctx.offset_math(torch.device("cuda")):
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        with ctx.offset_math(torch.device("cpu")), OffsetContext(1, 2, torch.float32).offset_math(torch.device("cuda")):
+            assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    model = zoo.mlp()
+    x, dirs = _data((20,), 3, 4)
+    with pytest.raises(ValueError, match="tf32"):
+        offsets_local_complexity(model, x, radius=0.1, directions=dirs, dtype=torch.bfloat16, tf32=True)
+    res = offsets_local_complexity(model, x, radius=0.1, directions=dirs, dtype=torch.float32, tf32=True)
+    plain = offsets_local_complexity(model, x, radius=0.1, directions=dirs, dtype=torch.float32)
+    assert torch.equal(res.counts, plain.counts) and res.meta["tf32_offsets"] is False  # CPU: no TF32

@@ -17,17 +17,25 @@ Design, and why:
   output layout cannot be derived raises :class:`OffsetsError`.
 * **Per-point antisymmetry**: every point carries ``a`` (``P`` rows, vertex ``+-v_p``
   = ``c + s_p +- a_p``); only points that broke (a crossed or centre-sign-mixed ReLU
-  neuron, a max-pool argmax switch, a smooth op, a product) carry ``s`` (``P`` more
-  rows).  Linear ops act on ``a`` and ``s`` without the bias; the crossing test of an
-  antisymmetric point needs only ``max_p |a_p|`` (``c -+ M``).  ``LCResult.meta``-ready
-  figures are in ``OffsetsChunkResult.meta`` (``rows_per_point`` etc.).
+  neuron, a max-pool argmax switch, a smooth op, a product) carry ``s``: after a ReLU
+  or max pool in *low-rank* form (one unit basis row per bad neuron, coefficients per
+  point; ``K`` rows while ``K <= P``), else dense (``P`` more rows).  On ResNet18-224 at
+  r = 1e-4 a point that crossed one neuron costs ``1 + P + 1`` rows, not ``1 + 2P``.
+  Linear ops act on ``a`` and ``s`` without the bias.
+* **The screen** (:mod:`.screen`): ReLU, crossing counts and max pooling bound every
+  vertex's offset per neuron by one row (``max_p |a_p|`` plus the basis bound) and
+  evaluate the ``2P`` vertex values only at the neurons (windows) the bound cannot
+  clear, gathered; everywhere else the op is exact and linear on the parts.
+  ``LCResult.meta``-ready figures are in ``OffsetsChunkResult.meta``
+  (``rows_per_point``, ``symmetric_part`` etc.).
 * **Precision**: ``c`` in float32/float64, ``a``/``s`` in the compute dtype (bf16,
   fp16, fp32, fp64); nonlinear rules evaluate ``f(c + d) - f(c)`` in the centre dtype
   and keep exact cases exact (ReLU both sides, max-pool argmax unchanged).
 
 Modules: :mod:`.tensor` (representation), :mod:`.layout` (batch tracking),
 :mod:`.rules` (structural and linear ops), :mod:`.nonlinear` (ReLU, max pool,
-products, general rule, verified fallback), :mod:`.site` (the interceptor adapter),
+products, general rule, verified fallback), :mod:`.screen` (candidate neurons, the
+low-rank update), :mod:`.site` (the interceptor adapter),
 :mod:`.runner` (entry points and :class:`OffsetsBackend`).
 """
 from .runner import OffsetsBackend, OffsetsChunkResult, offsets_local_complexity, run_offsets, run_offsets_radii

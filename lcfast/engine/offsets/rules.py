@@ -69,7 +69,8 @@ def _parts(x, fn, count=True):
     """A linear ``fn`` (no bias) applied to both offset parts."""
     if count:
         x.ctx.count_op(x)
-    return fn(x.a), (None if x.s is None else fn(x.s))
+    with x.ctx.offset_math(x.a.device):
+        return fn(x.a), (None if x.s is None else fn(x.s))
 
 
 # ---------------------------------------------------------------------------

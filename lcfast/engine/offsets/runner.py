@@ -41,7 +41,8 @@ def input_tensor(x: torch.Tensor, directions: torch.Tensor, radius: float, dtype
 
 
 def run_offsets(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, radius: float, spec: SiteSpec,
-                dtype: torch.dtype, handler: OffsetsSiteHandler | None = None) -> OffsetsChunkResult:
+                dtype: torch.dtype, handler: OffsetsSiteHandler | None = None, tf32: bool = False
+                ) -> OffsetsChunkResult:
     """One chunk through a prepared model (eval mode, no grad, centre dtype = model's).
 
     Args:
@@ -52,13 +53,15 @@ def run_offsets(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, rad
         spec: resolved sites.
         dtype: offsets dtype.
         handler: the site handler (default: a plain :class:`OffsetsSiteHandler`).
+        tf32: allow TF32 in the offsets' linear ops (float32 offsets on CUDA; the centre
+            stays strict float32).
 
     Returns:
         :class:`OffsetsChunkResult`, counts ``(n, L)``.
     """
     n = x.shape[0]
     P = directions.shape[-x.dim()]
-    ctx = OffsetContext(n, P, dtype)
+    ctx = OffsetContext(n, P, dtype, tf32=tf32)
     icpt = make_interceptor(model, spec, n * 2 * P, 2 * P, handler)
     with icpt:
         model(input_tensor(x, directions, radius, dtype, ctx))
@@ -67,6 +70,7 @@ def run_offsets(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, rad
     meta = dict(
         offsets_dtype=str(dtype).replace("torch.", ""),
         centre_dtype=str(x.dtype).replace("torch.", ""),
+        tf32_offsets=bool(tf32 and x.device.type == "cuda"),
         rows_per_point=rows_per_point(ctx),
         vertex_rows_per_point=2 * P,
         symmetric_part=dict(ctx.symmetric),
@@ -79,7 +83,7 @@ def run_offsets(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, rad
 
 
 def run_offsets_radii(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, radii, spec: SiteSpec,
-                      dtype: torch.dtype) -> list[OffsetsChunkResult]:
+                      dtype: torch.dtype, tf32: bool = False) -> list[OffsetsChunkResult]:
     """Several radii from one propagation where antisymmetry allows (issue 10, item 4).
 
     One pass at ``r0 = max(radii)``.  A point that stays antisymmetric through every
@@ -95,7 +99,7 @@ def run_offsets_radii(model: nn.Module, x: torch.Tensor, directions: torch.Tenso
     radii = [float(r) for r in radii]
     r0 = max(radii)
     handler = OffsetsSiteHandler(scales=[r / r0 for r in radii])
-    base = run_offsets(model, x, directions, r0, spec, dtype, handler)
+    base = run_offsets(model, x, directions, r0, spec, dtype, handler, tf32)
     n = x.shape[0]
     scaled = torch.stack(handler.scaled, 1) if handler.scaled else torch.zeros(n, 0, len(radii), dtype=torch.long)
     redo = torch.zeros(n, dtype=torch.bool, device=scaled.device)
@@ -111,7 +115,7 @@ def run_offsets_radii(model: nn.Module, x: torch.Tensor, directions: torch.Tenso
             counts = scaled[:, :, k].clone()
             if idx.numel():
                 d = directions if directions.dim() == x.dim() else directions[idx]
-                counts[idx] = run_offsets(model, x[idx], d, r, spec, dtype).counts
+                counts[idx] = run_offsets(model, x[idx], d, r, spec, dtype, tf32=tf32).counts
         meta = dict(base.meta, radius=r, scaled_points=int(n - idx.numel()) if r != r0 else 0,
                     rerun_points=int(idx.numel()) if r != r0 else 0)
         out.append(OffsetsChunkResult(counts, base.names, base.neurons, meta))
@@ -120,7 +124,7 @@ def run_offsets_radii(model: nn.Module, x: torch.Tensor, directions: torch.Tenso
 
 def offsets_local_complexity(model: nn.Module, x: torch.Tensor, *, radius, directions: torch.Tensor,
                              dtype: torch.dtype | None = None, centre_dtype: torch.dtype | None = None,
-                             sites="activations"):
+                             sites="activations", tf32: bool = False):
     """Crossing counts of ``n`` points by centre + offsets propagation.
 
     The model's own ``forward`` runs once on an :class:`OffsetTensor` holding the
@@ -137,6 +141,8 @@ def offsets_local_complexity(model: nn.Module, x: torch.Tensor, *, radius, direc
         centre_dtype: centre dtype (default: float64 when ``dtype`` is float64, else
             float32); the model runs in it (a cast copy if it differs).
         sites: as :func:`lcfast.local_complexity`.
+        tf32: allow TF32 in the offsets' convolutions and matmuls on CUDA (float32
+            offsets only; the centre stays strict float32; no effect on the CPU).
 
     Returns:
         :class:`OffsetsChunkResult`: ``counts`` ``(n, L)``, ``names``, ``neurons``, ``meta``
@@ -158,6 +164,8 @@ def offsets_local_complexity(model: nn.Module, x: torch.Tensor, *, radius, direc
     dtype = dtype or _model_dtype(model)
     if dtype not in OFFSET_DTYPES:
         raise TypeError(f"dtype must be one of {OFFSET_DTYPES}, got {dtype!r}")
+    if not isinstance(tf32, bool) or (tf32 and dtype != torch.float32):
+        raise ValueError(f"tf32 must be a bool and needs dtype=torch.float32, got tf32={tf32!r}, dtype={dtype}")
     centre_dtype = centre_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
     if centre_dtype not in (torch.float32, torch.float64):
         raise TypeError(f"centre_dtype must be float32 or float64, got {centre_dtype!r}")
@@ -172,18 +180,18 @@ def offsets_local_complexity(model: nn.Module, x: torch.Tensor, *, radius, direc
     with model_guard(model, device, centre_dtype) as m:
         xc, dirs = x.to(device=device, dtype=centre_dtype), directions.to(device)
         if many:
-            return run_offsets_radii(m, xc, dirs, radius, spec, dtype)
-        return run_offsets(m, xc, dirs, float(radius), spec, dtype)
+            return run_offsets_radii(m, xc, dirs, radius, spec, dtype, tf32)
+        return run_offsets(m, xc, dirs, float(radius), spec, dtype, tf32=tf32)
 
 
 class OffsetsBackend(Backend):
     """Backend ``"offsets"``: centre in the model's dtype, offsets in ``dtype``
-    (default: the model's)."""
+    (default: the model's); ``tf32``: TF32 in the offsets' linear ops on CUDA."""
 
     name = "offsets"
 
-    def __init__(self, dtype: torch.dtype | None = None):
-        self.dtype = dtype
+    def __init__(self, dtype: torch.dtype | None = None, tf32: bool = False):
+        self.dtype, self.tf32 = dtype, tf32
 
     def run_chunk(self, model, x, directions, radius, spec):
-        return run_offsets(model, x, directions, radius, spec, self.dtype or x.dtype)
+        return run_offsets(model, x, directions, radius, spec, self.dtype or x.dtype, tf32=self.tf32)

@@ -32,6 +32,7 @@ the output layout; when it cannot be decided the rule raises :class:`OffsetsErro
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -59,6 +60,7 @@ class OffsetContext:
         n: ``N`` points.
         P: directions per point.
         dtype: compute dtype of the offsets.
+        tf32: allow TF32 in the offsets' linear ops on CUDA (:meth:`offset_math`).
 
     Attributes:
         R: offset rows per point and part (``max(P, 2)``).
@@ -71,8 +73,8 @@ class OffsetContext:
             dense symmetric part.
     """
 
-    def __init__(self, n: int, P: int, dtype: torch.dtype):
-        self.n, self.P, self.dtype = n, P, dtype
+    def __init__(self, n: int, P: int, dtype: torch.dtype, tf32: bool = False):
+        self.n, self.P, self.dtype, self.tf32 = n, P, dtype, tf32
         self.R = max(P, 2)
         self.cache: dict = {}
         self.first_break = torch.full((n,), -1, dtype=torch.long)
@@ -86,6 +88,21 @@ class OffsetContext:
         """A fresh id for basis columns of the low-rank symmetric part."""
         self._blocks += 1
         return self._blocks
+
+    @contextlib.contextmanager
+    def offset_math(self, device: torch.device):
+        """Where the offsets' own linear ops run: with ``tf32`` (float32 offsets on CUDA)
+        TF32 is allowed there, while the centre's ops keep the model guard's strict
+        float32.  Anywhere else a no-op."""
+        if not (self.tf32 and device.type == "cuda"):
+            yield
+            return
+        flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
     def cast(self, t):
         """A constant (weight, scale) in the offsets dtype; cached per storage/version."""
