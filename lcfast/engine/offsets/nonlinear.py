@@ -259,10 +259,13 @@ def max_pool(func, args, kwargs):
 
 
 def _gather_rows(t: torch.Tensor, ic4: torch.Tensor, rows: int, out_shape) -> torch.Tensor:
-    """Rows of ``t`` (``pts * rows`` in dimension 0) read at their point's centre argmax."""
-    ic = merge(ic4.expand(*ic4.shape[:2], rows, *ic4.shape[3:]), 0)
-    flat = lambda z: z.reshape(z.shape[0], z.shape[1], -1)  # noqa: E731
-    return flat(t).gather(2, flat(ic)).reshape(-1, *out_shape)
+    """Rows of ``t`` (``pts * rows`` in dimension 0) read at their point's centre argmax
+    (the index broadcast over the rows as a stride-0 view, never written out)."""
+    pts = ic4.shape[1]
+    t6 = t.reshape(*ic4.shape[:1], pts, rows, *ic4.shape[3:5], -1)  # (outer, pts, rows, inner, C, L_in)
+    idx = ic4.reshape(*ic4.shape[:5], -1)
+    idx = idx.expand(*idx.shape[:2], rows, *idx.shape[3:])
+    return t6.gather(5, idx).reshape(-1, *out_shape)
 
 
 def product(a: OffsetTensor, b: OffsetTensor, lay: Layout) -> OffsetTensor:

@@ -136,18 +136,25 @@ def rebuild(x: OffsetTensor, c_out: torch.Tensor, a_out4: torch.Tensor, e_out4: 
             S[q, :, f] = _rows(s_vals, R)
         shape4[b + 2] = R
         return OffsetTensor(c_out, a, merge(from_pts(S.to(dt), shape4, b), b), union, lay, ctx)
-    E = torch.zeros(nu, K + M, F, dtype=dt, device=dev)
-    coef = torch.zeros(nu, R, K + M, dtype=c_out.dtype, device=dev)
+    coef = x.coef if M == 0 else torch.zeros(nu, R, K + M, dtype=c_out.dtype, device=dev)
     blocks = tuple(x.blocks or ())
-    if x.s is not None:
-        E[old, :K] = to_pts(e_out4, b)
-        coef[old, :, :K] = x.coef
+    if x.s is not None and nu == x.nb:  # the same points: the mapped basis is written in place
+        E = to_pts(e_out4, b)
+        if M:
+            coef[:, :, :K] = x.coef
+    else:
+        E = torch.zeros(nu, K, F, dtype=dt, device=dev)
+        if x.s is not None:
+            E[old] = to_pts(e_out4, b)
+            coef[old, :, :K] = x.coef
     if M:
-        E[q, :K, f] = 0  # the bad neurons' old basis values are replaced by the new columns
+        E[q, :, f] = 0  # the bad neurons' old basis values are replaced by the new columns
         start = torch.cumsum(per, 0) - per
-        slot = K + torch.arange(pt.numel(), device=dev) - start[q]
-        E[q, slot, f] = 1
-        coef[q, :, slot] = _rows(s_vals, R).to(coef.dtype)
+        slot = torch.arange(pt.numel(), device=dev) - start[q]
+        E_new = torch.zeros(nu, M, F, dtype=dt, device=dev)
+        E_new[q, slot, f] = 1
+        E = torch.cat([E, E_new], 1) if K else E_new
+        coef[q, :, K + slot] = _rows(s_vals, R).to(coef.dtype)
         blocks += ((ctx.new_block(), M),)
     shape4[b + 2] = K + M
     return OffsetTensor(c_out, a, merge(from_pts(E, shape4, b), b), union, lay, ctx, coef, blocks)
