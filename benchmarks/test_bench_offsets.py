@@ -11,6 +11,10 @@ Timing (pytest-benchmark; each method's ratio to the bare float32 forward of the
 against float64)::
 
     python benchmarks/test_bench_offsets.py --accuracy
+
+Ratios in process CPU time, one thread (for a shared, loaded machine)::
+
+    python benchmarks/test_bench_offsets.py --cpu-time
 """
 from __future__ import annotations
 
@@ -151,7 +155,38 @@ def accuracy_table(radii=(1e-4, 1e-3, 5e-3)) -> str:
     return "\n".join(lines)
 
 
+def cpu_time_table(rounds: int = 3) -> str:
+    """Markdown rows: the issue-10 workloads, one thread, median process CPU time of the
+    offsets engine (float32, frames given) and of the bare float32 forward of the same
+    vertices, and their ratio: a measure that other processes on a shared machine do not
+    inflate the way they inflate wall time."""
+    torch.set_num_threads(1)
+    lines = ["| workload | bare s | offsets s | offsets / bare | rows per point | symmetric part (ops) | total LC |",
+             "|---|---|---|---|---|---|---|"]
+    for name, (model, x, r) in WORKLOADS.items():
+        model.eval()
+        dirs = counter_frames(x.shape[1:], 25, 0, torch.arange(x.shape[0]))
+
+        def cpu(fn):
+            ts = []
+            for _ in range(rounds):
+                t = time.process_time()
+                out = fn()
+                ts.append(time.process_time() - t)
+            return statistics.median(ts), out
+        tb, _ = cpu(_runner("bare", model, x, dirs, r))
+        to, res = cpu(_runner("offsets-f32", model, x, dirs, r))
+        lines.append(f"| {name} (N={x.shape[0]}) | {tb:.3f} | {to:.3f} | {to / tb:.2f}x | "
+                     f"{res.meta['rows_per_point']:.1f} | {res.meta['symmetric_part']} | {int(res.counts.sum())} |")
+        print(lines[-1], f"(load {_load()})", flush=True)
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
+    if "--cpu-time" in sys.argv:
+        print(f"load at start: {_load()}")
+        print(cpu_time_table())
+        print(f"load at end: {_load()}")
     if "--accuracy" in sys.argv:
         print(f"load at start: {_load()}")
         print(accuracy_table())
