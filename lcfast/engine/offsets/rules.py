@@ -61,8 +61,21 @@ def _wrap(x: OffsetTensor, c, a, s, op) -> OffsetTensor:
 
 
 def _both(x, fn, lay: Layout):
-    """Apply a structural ``fn`` to centre and offsets."""
-    return x.with_parts(fn(x.c), fn(x.a), None if x.s is None else fn(x.s), lay)
+    """Apply a structural (or scalar-linear) ``fn`` to centre and offsets; a pending
+    offset scale commutes with it and stays pending."""
+    a, scale = x.raw_a()
+    return x.with_parts(fn(x.c), fn(a), None if x.s is None else fn(x.s), lay, scale)
+
+
+def _weighted(x, fn, k):
+    """A linear ``fn(t, k)`` with a constant operand ``k`` (no bias) applied to both
+    offset parts, the pending offset scale folded into ``k`` (a weight is far smaller
+    than the input's ``N * P`` offset rows)."""
+    x.ctx.count_op(x)
+    a, scale = x.raw_a()
+    ka = k if scale == 1.0 else k * scale
+    with x.ctx.offset_math(a.device):
+        return fn(a, ka), (None if x.s is None else fn(x.s, k))
 
 
 def _parts(x, fn, count=True):
@@ -82,9 +95,9 @@ def _parts(x, fn, count=True):
 def _view(func, args, kwargs):
     x, size = args[0], args[1]
     sizes, lay = view_sizes(x, size)
-    R = x.ctx.R
+    a, scale = x.raw_a()
     s = None if x.s is None else x.s.reshape(sizes(x.nb, x.K))
-    return x.with_parts(x.c.reshape(sizes(x.ctx.n, 1)), x.a.reshape(sizes(x.ctx.n, R)), s, lay)
+    return x.with_parts(x.c.reshape(sizes(x.ctx.n, 1)), a.reshape(sizes(x.ctx.n, x.ctx.R)), s, lay, scale)
 
 
 @_rule(aten.expand.default)
@@ -265,7 +278,7 @@ def _mm(func, args, kwargs):
     ctx = x.ctx
     c = func(a.c if va else a, b.c if vb else b)
     k = ctx.cast(b if va else a)
-    da, ds = _parts(x, (lambda t: func(t, k)) if va else (lambda t: func(k, t)))
+    da, ds = _weighted(x, (lambda t, kk: func(t, kk)) if va else (lambda t, kk: func(kk, t)), k)
     return _wrap(x, c, da, ds, func)
 
 
@@ -285,10 +298,10 @@ def _addmm(func, args, kwargs):
     c = func(bias, a.c if x is a else a, b.c if x is b else b, beta=beta, alpha=alpha)
     k = ctx.cast(b if x is a else a)
 
-    def lin(t):
-        out = mm(t, k) if x is a else mm(k, t)
+    def lin(t, kk):
+        out = mm(t, kk) if x is a else mm(kk, t)
         return out if alpha == 1 else out * alpha
-    da, ds = _parts(x, lin)
+    da, ds = _weighted(x, lin, k)
     return _wrap(x, c, da, ds, func)
 
 
@@ -314,8 +327,7 @@ def _conv(func, args, kwargs):
         raise OffsetsError("convolution input without the vertex batch in dimension 0")
     ctx = x.ctx
     c = func(x.c, w, bias, *args[3:], **kwargs)
-    wk = ctx.cast(w)
-    da, ds = _parts(x, lambda t: func(t, wk, None, *args[3:], **kwargs))
+    da, ds = _weighted(x, lambda t, wk: func(t, wk, None, *args[3:], **kwargs), ctx.cast(w))
     return _wrap(x, c, da, ds, func)
 
 

@@ -29,11 +29,16 @@ class OffsetsChunkResult(ChunkResult):
 def input_tensor(x: torch.Tensor, directions: torch.Tensor, radius: float, dtype: torch.dtype,
                  ctx: OffsetContext) -> OffsetTensor:
     """The model's input as centre ``x`` and antisymmetric offsets ``r v_p`` (the one row
-    stored twice when ``P = 1``)."""
+    stored twice when ``P = 1``).  When the directions are already in the centre and
+    offsets dtype, ``r`` stays a pending scale (:attr:`OffsetTensor.scale`) that the
+    first linear op folds into its weight: no ``N * P * D`` multiply (MNIST MLP, 1,000
+    points, P = 25, one thread: 161 ms of a 1.04 s call, profiled)."""
     n = x.shape[0]
     S = x.shape[1:]
     if directions.dim() == x.dim():  # shared (P, *S)
         directions = directions.unsqueeze(0).expand(n, *directions.shape)
+    if ctx.R == ctx.P and directions.dtype == x.dtype == dtype:
+        return OffsetTensor(x, directions.reshape(-1, *S), None, None, Layout(0), ctx, scale=float(radius))
     rd = (directions.to(x.dtype) * radius).to(dtype)
     if ctx.R != ctx.P:
         rd = torch.cat([rd, rd], 1)

@@ -166,15 +166,15 @@ class OffsetTensor(torch.Tensor):
     __torch_function__ = torch._C._disabled_torch_function_impl
 
     @staticmethod
-    def __new__(cls, c, a, s, bidx, layout: Layout, ctx: OffsetContext, coef=None, blocks=None):
+    def __new__(cls, c, a, s, bidx, layout: Layout, ctx: OffsetContext, coef=None, blocks=None, scale=1.0):
         shape = list(c.shape)
         shape[layout.bdim] = c.shape[layout.bdim] * 2 * ctx.P
         return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=c.dtype, device=c.device)
 
-    def __init__(self, c, a, s, bidx, layout, ctx, coef=None, blocks=None):
-        self._set(c, a, s, bidx, layout, ctx, coef, blocks)
+    def __init__(self, c, a, s, bidx, layout, ctx, coef=None, blocks=None, scale=1.0):
+        self._set(c, a, s, bidx, layout, ctx, coef, blocks, scale)
 
-    def _set(self, c, a, s, bidx, layout, ctx, coef=None, blocks=None):
+    def _set(self, c, a, s, bidx, layout, ctx, coef=None, blocks=None, scale=1.0):
         b = layout.bdim
         unit = layout.outer * layout.inner
         ok = c.dim() == a.dim() and c.shape[b] == unit * ctx.n and a.shape[b] == unit * ctx.n * ctx.R
@@ -190,8 +190,24 @@ class OffsetTensor(torch.Tensor):
         if not ok:
             raise OffsetsError(f"internal: centre {tuple(c.shape)} / offsets {tuple(a.shape)} / "
                                f"{None if s is None else tuple(s.shape)} disagree with {layout} for N={ctx.n}")
-        self.c, self.a, self.s, self.bidx, self.lay, self.ctx = c, a, s, bidx, layout, ctx
+        if scale != 1.0 and s is not None:
+            raise OffsetsError("internal: a pending offset scale with a symmetric part")
+        self.c, self._a, self.s, self.bidx, self.lay, self.ctx = c, a, s, bidx, layout, ctx
         self.coef, self.blocks = coef, (None if coef is None else tuple(blocks))
+        self.scale = scale
+
+    @property
+    def a(self) -> torch.Tensor:
+        """The antisymmetric part; a pending scale (the radius, while the input's offsets
+        are still the unscaled directions) is applied on first use."""
+        if self.scale != 1.0:
+            self._a, self.scale = self._a * self.scale, 1.0
+        return self._a
+
+    def raw_a(self):
+        """``(a_unscaled, scale)``: for a linear op that folds the scale into its weight
+        (``W (r V) = (r W) V``: the radius never touches the ``N * P * D`` input offsets)."""
+        return self._a, self.scale
 
     def assign(self, other: "OffsetTensor") -> "OffsetTensor":
         """Become ``other`` (for in-place ops)."""
@@ -276,9 +292,9 @@ class OffsetTensor(torch.Tensor):
         b = self.lay.bdim + 1
         return t4.movedim(b, 0).reshape(t4.shape[b], -1).any(1)
 
-    def with_parts(self, c, a, s, layout=None) -> "OffsetTensor":
+    def with_parts(self, c, a, s, layout=None, scale=1.0) -> "OffsetTensor":
         """A tensor with the same broken points (and basis coefficients) and new parts."""
-        return OffsetTensor(c, a, s, self.bidx, layout or self.lay, self.ctx, self.coef, self.blocks)
+        return OffsetTensor(c, a, s, self.bidx, layout or self.lay, self.ctx, self.coef, self.blocks, scale)
 
     def densified(self) -> "OffsetTensor":
         """The same values with a dense symmetric part."""
