@@ -18,9 +18,10 @@ the same recipe in torch ops (:func:`counter_normal_torch`).  The integer part i
 everywhere; the two float paths differ in the last bits of ``log``/``cos``/``sin``
 (at most 2.4e-7 * max(1, |g|) apart on 10^7 values, tests/test_frames.py).
 
-The rows are then orthonormalised by CholeskyQR2 (:func:`orthonormal_rows`: float32
-Gram matrices and products, ``P x P`` Cholesky factors in float64): orthonormal to
-about 1e-6 (measured in tests/test_frames.py).  A frame is computed once in float32
+The rows are then orthonormalised by CholeskyQR (:func:`orthonormal_rows`: float32
+Gram matrices and products, ``P x P`` Cholesky factors in float64; one pass when
+``D >= 32 P``, two otherwise): orthonormal to about 1e-6 (measured in
+tests/test_frames.py).  A frame is computed once in float32
 and cast, so every compute dtype sees the same directions; it depends on nothing but
 ``(seed, id)`` (no generator state, no chunk order).  On another device the Gaussians
 are the same and the orthonormalisation differs by rounding (~1e-7).
@@ -41,7 +42,7 @@ from . import _extension
 __all__ = ["FRAMES_VERSION", "frame_keys", "counter_normal", "counter_normal_torch", "gaussian_frames",
            "orthonormal_rows", "random_frames", "shared_frame"]
 
-FRAMES_VERSION = "lcfast-frames-2/splitmix64-counter/box-muller-f32/row-major/choleskyqr2-f32"
+FRAMES_VERSION = "lcfast-frames-2/splitmix64-counter/box-muller-f32/row-major/choleskyqr-f32"
 
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -152,17 +153,24 @@ def gaussian_frames(seed: int, ids, D: int, P: int, device=None) -> torch.Tensor
 # (~2900).  Unmeasured margin; Gaussian frames with P << D have cond ~1.5 and never
 # reach it, square ones (P = D) now and then do.
 _COND_LIMIT = 1e3
+# One CholeskyQR pass is enough when D >= _ONE_PASS * P: a Gaussian D x P matrix then
+# has cond ~ (1 + sqrt(P/D)) / (1 - sqrt(P/D)) <= 1.43 and one pass with a float32 Gram
+# matrix leaves Q Q^T - I at 5.8e-7 (1000 x 25 x 784) and 1.4e-6 (2 x 25 x 150528:
+# the float32 Gram's rounding grows with D; two passes measured 9.8e-7 there), measured; closer to square the error grows with cond^2 (17 x 17: 0.08 after one pass,
+# 2.7e-7 after two), so two passes.
+_ONE_PASS = 32
 
 
 def orthonormal_rows(a: torch.Tensor) -> torch.Tensor:
     """Rows of ``a`` orthonormalised: ``Q^T`` of ``a^T = QR`` with ``diag(R) > 0``.
 
-    CholeskyQR2: twice ``L = chol(q q^T)``, ``q <- L^-1 q``, with the Gram matrix and the
+    CholeskyQR (``L = chol(q q^T)``, ``q <- L^-1 q``), once when ``D >= 32 P`` and twice
+    otherwise (:data:`_ONE_PASS`; made for Gaussian rows), with the Gram matrix and the
     product in ``a``'s dtype and the ``P x P`` factor and its inverse in float64: batched
-    matmuls only.  In float32 orthonormal to ~1e-6 (tests/test_frames.py); 2 passes fix
-    what the first one's float32 Gram matrix leaves.  A point whose Cholesky factor fails
-    or is too ill-conditioned (:data:`_COND_LIMIT`) gets Householder QR in float64; the
-    choice depends on the point alone, never on the rest of the batch.
+    matmuls only.  In float32 orthonormal to ~1e-6 (tests/test_frames.py).  A point
+    whose Cholesky factor fails or is too ill-conditioned (:data:`_COND_LIMIT`) gets
+    Householder QR in float64; the choice depends on the point alone, never on the rest
+    of the batch.
 
     Args:
         a: ``(..., P, D)`` with ``P <= D``.
@@ -180,10 +188,10 @@ def orthonormal_rows(a: torch.Tensor) -> torch.Tensor:
     q = flat
     eye = torch.eye(P, dtype=torch.float64, device=a.device)
     bad = torch.zeros(flat.shape[0], dtype=torch.bool, device=a.device)
-    for first in (True, False):
+    for p in range(1 if D >= _ONE_PASS * P else 2):
         L, info = torch.linalg.cholesky_ex((q @ q.mT).to(torch.float64))
         bad |= info != 0
-        if first:
+        if p == 0:
             d = L.diagonal(dim1=-2, dim2=-1)
             bad |= d.amax(-1) > _COND_LIMIT * d.amin(-1)
         q = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False).to(q.dtype) @ q
