@@ -7,6 +7,7 @@
 // 64-bit hash, log, sqrt, sin/cos; it needs -fno-math-errno, set in setup.py, else the
 // sqrtf call keeps it scalar) and then interleaves them into the row.
 #include "counter_normal.h"
+#include "cpu_clones.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -23,15 +24,10 @@ constexpr int64_t kBlock = 256;
 // about 0.1 ms of work, so that one small point does not wake the thread pool.
 constexpr int64_t kGrainPairs = 16384;
 
-// The extension is built for the baseline ISA; this loop is cloned for AVX-512 and
-// AVX2(+FMA) and picked at load time (GCC/Clang ifunc), as in crossing_act_cpu.cpp.
-// The clones compute the same bits: every operation of counter_normal.h is an IEEE
-// operation (fmaf is a library call in the baseline clone, a vfmadd in the others).
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-#define LCFAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LCFAST_CLONES
-#endif
+// The loop is cloned per ISA (LCFAST_CLONES, cpu_clones.h; vectorised in the AVX2 and
+// AVX-512 clones).  The clones compute the same bits: every operation of
+// counter_normal.h is an IEEE operation (fmaf is a library call in the baseline clone,
+// a vfmadd in the others).
 
 // Pairs [m0, m1) of the stream of `key` into `row` (count values in all).
 LCFAST_CLONES void fill_pairs(uint64_t key, int64_t m0, int64_t m1, float* row, int64_t count) {
