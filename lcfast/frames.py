@@ -159,8 +159,9 @@ _COND_LIMIT = 1e3
 # One CholeskyQR pass is enough when D >= _ONE_PASS * P: a Gaussian D x P matrix then
 # has cond ~ (1 + sqrt(P/D)) / (1 - sqrt(P/D)) <= 1.43 and one pass with a float32 Gram
 # matrix leaves Q Q^T - I at 5.8e-7 (1000 x 25 x 784) and 1.4e-6 (2 x 25 x 150528:
-# the float32 Gram's rounding grows with D; two passes measured 9.8e-7 there), measured; closer to square the error grows with cond^2 (17 x 17: 0.08 after one pass,
-# 2.7e-7 after two), so two passes.
+# the float32 Gram's rounding grows with D; two passes measured 9.8e-7 there).  Closer
+# to square the error grows with cond^2 (17 x 17: 0.08 after one pass, 2.7e-7 after
+# two), so two passes.
 _ONE_PASS = 32
 
 
