@@ -47,7 +47,7 @@ import lcfast  # noqa: E402
 from lcfast.api import naive_low_precision  # noqa: E402
 from lcfast.bench.prepared import median_seconds, sync  # noqa: E402
 from lcfast.engine.offsets import offsets_local_complexity  # noqa: E402
-from lcfast.frames import counter_frames  # noqa: E402
+from lcfast.frames import random_frames  # noqa: E402
 from lcfast.neighborhood import vertices  # noqa: E402
 from lcfast.testing import float64_oracle, low_precision_criterion as within  # noqa: E402
 from lcfast.zoo import build_model  # noqa: E402
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
             g = torch.Generator().manual_seed(1)
             x = (torch.rand(n, *shape, generator=g) if spec == "mnist-mlp"
                  else torch.randn(n, *shape, generator=g)).to(dev)
-            dirs = counter_frames(shape, 25, 0, torch.arange(n), device=dev)
+            dirs = random_frames(shape, 25, 0, torch.arange(n), device=dev, dtype=torch.float32)
             t = time.perf_counter()
             ora = float64_oracle(model, x[:k_or], radius=r, directions=dirs[:k_or], dtype=torch.float32)
             sync(dev)

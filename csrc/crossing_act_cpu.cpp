@@ -8,6 +8,7 @@
 // applies); counts of one point from several blocks are combined with an atomic add
 // of int64 partial sums (integer: the result does not depend on the split).
 #include "crossing_act.h"
+#include "cpu_clones.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -29,14 +30,7 @@ constexpr int64_t kBlock = 2048;
 // tiny sites do not pay the thread wake-up (at::internal::GRAIN_SIZE is 32768).
 constexpr int64_t kGrainElems = 32768;
 
-// The extension is built for the baseline ISA (x86-64: SSE2).  The group loop is
-// cloned for AVX-512 and AVX2 and picked at load time (GCC/Clang ifunc): measured,
-// count only (400 x 64x56x56): 37.3 ms with SSE2, 26.1 ms with AVX-512.
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-#define LCFAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LCFAST_CLONES
-#endif
+// The group loop is cloned per ISA (LCFAST_CLONES, cpu_clones.h).
 
 template <typename scalar_t, typename acc_t>
 inline scalar_t leaky(scalar_t x, acc_t z, acc_t slope) {

@@ -8,7 +8,8 @@ See docs/design.md for the measure and the contract every backend serves.
 """
 from .api import local_complexity
 from .engine import available_backends
-from .neighborhood import random_frames, shared_frame, vertices
+from .frames import random_frames, shared_frame
+from .neighborhood import vertices
 from .result import LCResult, Summary
 from .scale import measure_dataset
 

@@ -19,7 +19,8 @@ from .engine.base import Backend, ChunkResult, merge_chunk_meta, model_device, m
 from .engine.chunking import ChunkPlan, SizeProbe
 from .engine.intercept import ModelCall, probe_layouts
 from .engine.layout_cache import cached_layouts
-from .neighborhood import FRAMES_VERSION, random_frames, shared_frame, vertices
+from .frames import FRAMES_VERSION, random_frames, shared_frame
+from .neighborhood import vertices
 from .oom import is_out_of_memory, measure_halving
 from .result import LCResult
 from .sites import SiteSpec

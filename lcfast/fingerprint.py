@@ -15,7 +15,7 @@ mismatch can be reported by name (:func:`differences`):
   ``GELU`` changes no parameter).
 * ``data``: the number of points and a hash of a few items (first, last and evenly
   spaced ones): cheap, but a change confined to other items is not seen.
-* ``frames``: :data:`lcfast.neighborhood.FRAMES_VERSION`.
+* ``frames``: :data:`lcfast.frames.FRAMES_VERSION`.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import neighborhood
+from . import frames as _frames
 from .api import local_complexity
 from .engine import get_backend
 from .engine.base import _model_dtype, model_device
@@ -127,7 +127,7 @@ def measurement_fingerprint(model: nn.Module, data, settings: dict[str, Any], **
     norm = {k: _plain(v) for k, v in args.items() if k not in _NOT_SETTINGS}
     norm.update({k: _plain(v) for k, v in blocking.items()})
     return dict(settings=json.dumps(norm, sort_keys=True), backend=f"{backend} on {device.type}",
-                model=model_digest(model), data=data_digest(data), frames=str(neighborhood.FRAMES_VERSION))
+                model=model_digest(model), data=data_digest(data), frames=str(_frames.FRAMES_VERSION))
 
 
 def differences(old: dict[str, str], new: dict[str, str]) -> list[str]:

@@ -1,41 +1,57 @@
-"""Counter-based random frames: the same frame for a point on every device, dtype and chunking.
+"""Per-point random frames: the same frame for a point on every device, dtype and chunking.
 
-The Gaussian entry ``(i, k)`` of point ``id``'s ``D x P`` matrix (``k`` = column,
-``i`` = row, flat index ``j = i * P + k``) is a pure function of ``(seed, id, j)``:
+The frame of point ``id`` is a ``P x D`` matrix (``D = prod(S)``, rows = directions)
+whose Gaussian entry ``j = k * D + i`` (row-major: direction ``k``, coordinate ``i``)
+is a pure function of ``(seed, id, j)``:
 
-1. ``key = mix(seed, id)`` (splitmix64 finaliser of the seeded id), one 64-bit word
-   per point;
-2. ``h = mix(key + (j // 2 + 1) * 0x9E3779B97F4A7C15)`` (a counter-based generator of
-   the splitmix / Philox family: a keyed bijective hash of the counter);
+1. ``key = mix(id * golden + mix(seed * golden + c))`` (splitmix64 finaliser ``mix``,
+   64-bit wrapping arithmetic), one word per point (:func:`frame_keys`);
+2. ``h = mix(key + (j // 2 + 1) * golden)``: a counter-based generator of the
+   splitmix / Philox family (a keyed bijective hash of the counter);
 3. Box-Muller on the two 24-bit halves of ``h`` (``u1``, ``u2`` in ``(0, 1)``):
    ``sqrt(-2 ln u1) * cos(2 pi u2)`` for even ``j``, ``* sin(2 pi u2)`` for odd ``j``,
-   in float32.
+   in float32 (``2 pi`` rounded to float32).
 
-Then the columns are orthonormalised by CholeskyQR2 (Gram matrices in float64, the
-``D x P`` solves in float32: orthonormal to ~1e-6, measured in tests/test_frames.py).
-The result depends on nothing but ``(seed, id)``: no generator state, no chunk
-order; every compute dtype gets the same float32 frame, cast.  Integer arithmetic is
-exact on every device; ``log``/``cos``/``sin`` may differ in the last bits between
-CPU and GPU libraries (not measured here: no GPU in this session).
+The Gaussians come from the native op ``lcfast::counter_normal`` (csrc/counter_normal.h,
+CPU and CUDA kernels with the same arithmetic) when the extension is loaded, else from
+the same recipe in torch ops (:func:`counter_normal_torch`).  The integer part is exact
+everywhere; the two float paths differ in the last bits of ``log``/``cos``/``sin``
+(measured on 1000 x 19,600 values: at most 9.5e-7 apart, 3.5e-7 * max(1, |g|), 68%
+bit-identical; tests/test_frames.py).  The CPU and CUDA kernels share one source of
+correctly rounded IEEE operations with explicit fma, so they should give the same bits
+(checked across host ISAs and contraction flags; not yet on a GPU).
 
-:data:`FRAMES_VERSION` names this generator; results record it, since any change
-of the recipe changes every frame.
+The rows are then orthonormalised by CholeskyQR (:func:`orthonormal_rows`: float32
+Gram matrices and products, ``P x P`` Cholesky factors in float64; one pass when
+``D >= 32 P``, two otherwise): orthonormal to about 1e-6 (measured up to 1.35e-6 for
+3x224x224 x 25, 5.2e-7 for 784 x 25; tests/test_frames.py).  A frame is computed once
+in float32 and cast, so every compute dtype sees the same directions; it depends on nothing but
+``(seed, id)`` (no generator state, no chunk order).  On another device the Gaussians
+are the same and the orthonormalisation differs by rounding (~1e-7).
+
+:data:`FRAMES_VERSION` names this recipe (one place: results record it, checkpoint
+fingerprints compare it); change it whenever the frames drawn for a ``(seed, id)``
+change.
 """
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
-from .neighborhood import _orthonormal
+from . import _extension
 
-__all__ = ["FRAMES_VERSION", "frame_keys", "gaussian_frames", "orthonormal", "counter_frames"]
+__all__ = ["FRAMES_VERSION", "frame_keys", "counter_normal", "counter_normal_torch", "gaussian_frames",
+           "orthonormal_rows", "random_frames", "shared_frame"]
 
-FRAMES_VERSION = "lcfast-frames-1/splitmix64-counter/box-muller-f32/choleskyqr2"
+FRAMES_VERSION = "lcfast-frames-2/splitmix64-counter/box-muller-f32/row-major/choleskyqr-f32"
 
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _C1, _C2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+# id of the frame shared by all points (shared_frame)
+_SHARED_ID = -1
 
 
 def _s64(v: int) -> int:
@@ -64,10 +80,54 @@ def _mix(t: torch.Tensor) -> torch.Tensor:
 
 
 def frame_keys(seed: int, ids) -> torch.Tensor:
-    """``LongTensor (N,)``: the per-point key ``mix(seed * golden + id)``."""
+    """``LongTensor (N,)``: the per-point key ``mix(ids * golden + mix(seed * golden + c))``
+    (on the device of ``ids`` when it is a tensor)."""
     ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
     base = _mix_int(int(seed) * _GOLDEN + 0x632BE59BD9B4E019)
     return _mix((ids * _s64(_GOLDEN)) + _s64(base))
+
+
+def counter_normal_torch(keys: torch.Tensor, count: int) -> torch.Tensor:
+    """The stream of :func:`counter_normal` in torch ops (the fallback without the
+    extension; ATen's ``log``/``cos``/``sin``).  ``(N,)`` int64 -> ``(N, count)`` float32."""
+    n, half = keys.numel(), (count + 1) // 2
+    ctr = torch.arange(1, half + 1, dtype=torch.long, device=keys.device) * _s64(_GOLDEN)
+    h = _mix(keys.reshape(-1, 1) + ctr)
+    scale = 2.0 ** -24
+    u1 = (_srl(h, 40).to(torch.float32) + 0.5) * scale          # top 24 bits, in (0, 1]
+    u2 = ((h & 0xFFFFFF).to(torch.float32) + 0.5) * scale       # low 24 bits
+    del h
+    rad = torch.sqrt(-2.0 * torch.log(u1))
+    ang = (2.0 * math.pi) * u2                                   # float32 product
+    g = torch.stack([rad * torch.cos(ang), rad * torch.sin(ang)], -1).reshape(n, 2 * half)
+    return g[:, :count]
+
+
+if _extension.available():
+    @torch.library.register_fake("lcfast::counter_normal")
+    def _counter_normal_fake(keys, count):
+        return keys.new_empty((keys.shape[0], count), dtype=torch.float32)
+
+
+def counter_normal(keys: torch.Tensor, count: int) -> torch.Tensor:
+    """Standard normals ``(N, count)`` float32, value ``j`` of row ``n`` a pure function of
+    ``(keys[n], j)``: the native op ``lcfast::counter_normal`` where the extension has a
+    kernel for ``keys``' device, else :func:`counter_normal_torch`.
+
+    Args:
+        keys: ``(N,)`` int64 (:func:`frame_keys`).
+        count: values per row.
+
+    Returns:
+        ``(N, count)`` float32 on ``keys``' device.
+
+    Example:
+        >>> counter_normal(frame_keys(0, [3, 7]), 5).shape
+        torch.Size([2, 5])
+    """
+    if _extension.has_kernel("counter_normal", keys.device.type):
+        return torch.ops.lcfast.counter_normal(keys, count)
+    return counter_normal_torch(keys, count)
 
 
 def gaussian_frames(seed: int, ids, D: int, P: int, device=None) -> torch.Tensor:
@@ -76,45 +136,97 @@ def gaussian_frames(seed: int, ids, D: int, P: int, device=None) -> torch.Tensor
     Args:
         seed: global seed.
         ids: ``(N,)`` sample ids.
-        D, P: rows and columns of each matrix.
-        device: where to compute (integer part exact on every device).
+        D, P: columns (coordinates) and rows (directions) of each matrix.
+        device: where to compute.
 
     Returns:
-        ``(N, D, P)`` float32.
+        ``(N, P, D)`` float32; entry ``(k, i)`` is value ``k * D + i`` of the stream.
 
     Example:
         >>> gaussian_frames(0, [3, 7], 784, 25).shape
-        torch.Size([2, 784, 25])
+        torch.Size([2, 25, 784])
     """
     keys = frame_keys(seed, ids).to(device)
-    n = keys.numel()
-    half = (D * P + 1) // 2
-    ctr = (torch.arange(1, half + 1, dtype=torch.long, device=keys.device) * _s64(_GOLDEN))
-    h = _mix(keys[:, None] + ctr[None, :])
-    scale = 2.0 ** -24
-    u1 = (_srl(h, 40).to(torch.float32) + 0.5) * scale          # top 24 bits, in (0, 1)
-    u2 = ((h & 0xFFFFFF).to(torch.float32) + 0.5) * scale       # low 24 bits
-    rad = torch.sqrt(-2.0 * torch.log(u1))
-    ang = (2.0 * math.pi) * u2
-    g = torch.stack([rad * torch.cos(ang), rad * torch.sin(ang)], -1).reshape(n, 2 * half)
-    return g[:, :D * P].reshape(n, D, P)
+    return counter_normal(keys, D * P).reshape(keys.numel(), P, D)
 
 
-def orthonormal(g: torch.Tensor) -> torch.Tensor:
-    """``Q`` of ``g = QR`` with ``diag(R) > 0``; ``(..., D, P)`` in ``g``'s dtype: the one
-    CholeskyQR2 of :func:`lcfast.neighborhood._orthonormal`, in float64."""
-    return _orthonormal(g.to(torch.float64)).to(g.dtype)
+# Ratio max/min of diag(L) of a point's first Cholesky factor (a lower bound of its
+# condition number) above which that point is orthonormalised by Householder QR in
+# float64 instead: CholeskyQR2 with float32 Gram matrices needs cond << eps32^-1/2
+# (~2900).  Unmeasured margin; Gaussian frames with P << D have cond ~1.5 and never
+# reach it, square ones (P = D) now and then do.
+_COND_LIMIT = 1e3
+# One CholeskyQR pass is enough when D >= _ONE_PASS * P: a Gaussian D x P matrix then
+# has cond ~ (1 + sqrt(P/D)) / (1 - sqrt(P/D)) <= 1.43 and one pass with a float32 Gram
+# matrix leaves Q Q^T - I at 5.8e-7 (1000 x 25 x 784) and 1.4e-6 (2 x 25 x 150528:
+# the float32 Gram's rounding grows with D; two passes measured 9.8e-7 there).  Closer
+# to square the error grows with cond^2 (17 x 17: 0.08 after one pass, 2.7e-7 after
+# two), so two passes.
+_ONE_PASS = 32
 
 
-def counter_frames(shape, n_dirs: int, seed: int, ids, device=None,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Per-point orthonormal frames from :func:`gaussian_frames`.
+def orthonormal_rows(a: torch.Tensor) -> torch.Tensor:
+    """Rows of ``a`` orthonormalised: ``Q^T`` of ``a^T = QR`` with ``diag(R) > 0``.
+
+    CholeskyQR (``L = chol(q q^T)``, ``q <- L^-1 q``), once when ``D >= 32 P`` and twice
+    otherwise (:data:`_ONE_PASS`; made for Gaussian rows), with the Gram matrix and the
+    product in ``a``'s dtype and the ``P x P`` factor and its inverse in float64: batched
+    matmuls only.  In float32 orthonormal to ~1e-6 (tests/test_frames.py).  A point
+    whose Cholesky factor fails or is too ill-conditioned (:data:`_COND_LIMIT`) gets
+    Householder QR in float64; the choice depends on the point alone, never on the rest
+    of the batch.
+
+    Args:
+        a: ``(..., P, D)`` with ``P <= D``.
+
+    Returns:
+        ``(..., P, D)`` in ``a``'s dtype.
+
+    Example:
+        >>> q = orthonormal_rows(torch.randn(3, 4, 10))
+        >>> bool(((q @ q.mT) - torch.eye(4)).abs().max() < 1e-5)
+        True
+    """
+    P, D = a.shape[-2:]
+    flat = a.reshape(-1, P, D)
+    q = flat
+    eye = torch.eye(P, dtype=torch.float64, device=a.device)
+    bad = torch.zeros(flat.shape[0], dtype=torch.bool, device=a.device)
+    for p in range(1 if D >= _ONE_PASS * P else 2):
+        L, info = torch.linalg.cholesky_ex((q @ q.mT).to(torch.float64))
+        bad |= info != 0
+        if p == 0:
+            d = L.diagonal(dim1=-2, dim2=-1)
+            bad |= d.amax(-1) > _COND_LIMIT * d.amin(-1)
+        q = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False).to(q.dtype) @ q
+    if bool(bad.any()):
+        idx = bad.nonzero().squeeze(1)
+        qh, r = torch.linalg.qr(flat[idx].to(torch.float64).mT, mode="reduced")
+        sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+        sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+        q[idx] = (qh * sign.unsqueeze(-2)).mT.to(q.dtype)
+    return q.reshape(a.shape)
+
+
+def _check(shape, n_dirs, seed) -> tuple[tuple, int]:
+    shape = tuple(shape)
+    D = math.prod(shape)
+    if isinstance(n_dirs, bool) or not isinstance(n_dirs, numbers.Integral) or not 1 <= n_dirs <= D:
+        raise ValueError(f"n_dirs must be an int in [1, D={D}] for inputs of shape {shape}, got {n_dirs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    return shape, D
+
+
+def random_frames(shape, n_dirs: int, seed: int, ids, device=None,
+                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Per-point random orthonormal frames (the default of :func:`lcfast.local_complexity`).
 
     Args:
         shape: point shape ``S`` (``D = prod(S)``).
         n_dirs: ``P`` (``1 <= P <= D``).
         seed: global seed.
-        ids: ``(N,)`` sample ids.
+        ids: ``(N,)`` global sample ids (tensor or sequence of ints).
         device: where to compute.
         dtype: returned dtype (the frame is computed once in float32 and cast, so every
             dtype sees the same directions).
@@ -123,15 +235,26 @@ def counter_frames(shape, n_dirs: int, seed: int, ids, device=None,
         ``(N, P, *S)``; row ``i`` depends only on ``(seed, ids[i])``.
 
     Example:
-        >>> counter_frames((1, 28, 28), 25, 0, torch.arange(4)).shape
+        >>> random_frames((1, 28, 28), 25, 0, torch.arange(4)).shape
         torch.Size([4, 25, 1, 28, 28])
     """
-    shape = tuple(shape)
-    D = math.prod(shape)
-    if isinstance(n_dirs, bool) or not isinstance(n_dirs, int) or not 1 <= n_dirs <= D:
-        raise ValueError(f"n_dirs must be an int in [1, D={D}], got {n_dirs!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    g = gaussian_frames(seed, ids, D, n_dirs, device)
-    q = orthonormal(g) if g.shape[0] else g
-    return q.transpose(-1, -2).reshape(g.shape[0], n_dirs, *shape).to(dtype)
+    shape, D = _check(shape, n_dirs, seed)
+    n_dirs = int(n_dirs)
+    g = gaussian_frames(int(seed), ids, D, n_dirs, device)
+    q = orthonormal_rows(g) if g.shape[0] else g
+    return q.reshape(g.shape[0], n_dirs, *shape).to(dtype)
+
+
+def shared_frame(shape, n_dirs: int, seed: int = 0, device=None,
+                 dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """One random orthonormal frame for all points (what the paper's code does): the
+    frame :func:`random_frames` gives the id ``-1``.
+
+    Returns:
+        ``(P, *S)``; pass it as ``directions=`` to :func:`lcfast.local_complexity`.
+
+    Example:
+        >>> shared_frame((3, 8, 8), 4).shape
+        torch.Size([4, 3, 8, 8])
+    """
+    return random_frames(shape, n_dirs, seed, [_SHARED_ID], device=device, dtype=dtype)[0]

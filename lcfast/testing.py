@@ -16,7 +16,8 @@ import torch.nn as nn
 
 from .engine.base import model_device, model_guard
 from .engine.reference import crossing_counts
-from .neighborhood import random_frames, vertices
+from .frames import random_frames
+from .neighborhood import vertices
 from .sites import SiteSpec
 from .tolerance import (AMBIGUOUS_BACKGROUND, AMBIGUOUS_FLOOR, AMBIGUOUS_RATIO, K, ScaleTracker, ToleranceReport,
                         ambiguous_counts, check_counts, unit_roundoff)

@@ -1,4 +1,6 @@
-"""Counter-based frames (lcfast.frames): keyed on (seed, id, index) only."""
+"""Per-point frames (lcfast.frames): keyed on (seed, id, index) only; the native
+counter_normal op against the torch recipe and an independent float64 evaluation;
+orthonormality of CholeskyQR2 on the sizes lcfast draws."""
 from __future__ import annotations
 
 import math
@@ -6,7 +8,13 @@ import math
 import pytest
 import torch
 
-from lcfast.frames import FRAMES_VERSION, counter_frames, frame_keys, gaussian_frames
+import lcfast
+from lcfast import _extension, frames, neighborhood
+from lcfast.frames import (FRAMES_VERSION, counter_normal, counter_normal_torch, frame_keys, gaussian_frames,
+                           orthonormal_rows, random_frames, shared_frame)
+
+native = pytest.mark.skipif(not _extension.has_kernel("counter_normal", "cpu"),
+                            reason=f"lcfast._C not loaded: {_extension.ERROR}")
 
 
 def _splitmix_py(z: int) -> int:
@@ -18,41 +26,141 @@ def _splitmix_py(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def test_integer_hash_matches_python():
-    seed, ids = 12345, [0, 1, 2**40 + 7, 999]
-    base = _splitmix_py(seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019)
-    want = [_splitmix_py(i * 0x9E3779B97F4A7C15 + base) for i in ids]
-    got = [k & ((1 << 64) - 1) for k in frame_keys(seed, ids).tolist()]
-    assert got == want
-    # first Gaussian pair of id 0 from the Box-Muller recipe, in float64 from Python ints
-    h = _splitmix_py(want[0] + 0x9E3779B97F4A7C15)
-    u1, u2 = ((h >> 40) + 0.5) * 2.0 ** -24, ((h & 0xFFFFFF) + 0.5) * 2.0 ** -24
+def _recipe_f64(key: int, j: int) -> float:
+    """Value j of the stream of `key`, from Python ints and float64 math (u1, u2 exact)."""
+    h = _splitmix_py(key + (j // 2 + 1) * 0x9E3779B97F4A7C15)
+    u1 = float(torch.tensor(((h >> 40) + 0.5), dtype=torch.float32)) * 2.0 ** -24  # (k + 0.5) rounded to float32
+    u2 = float(torch.tensor(((h & 0xFFFFFF) + 0.5), dtype=torch.float32)) * 2.0 ** -24
+    ang = float(torch.tensor(2 * math.pi, dtype=torch.float32)) * u2
     r = math.sqrt(-2 * math.log(u1))
-    g = gaussian_frames(seed, [0], 1, 2)[0, 0]
-    assert abs(g[0].item() - r * math.cos(2 * math.pi * u2)) < 1e-5
-    assert abs(g[1].item() - r * math.sin(2 * math.pi * u2)) < 1e-5
+    return r * (math.cos(ang) if j % 2 == 0 else math.sin(ang))
+
+
+SEED, IDS = 12345, [0, 1, 2**40 + 7, 999, -1]
+
+
+def test_integer_hash_matches_python():
+    base = _splitmix_py(SEED * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019)
+    want = [_splitmix_py(i * 0x9E3779B97F4A7C15 + base) for i in IDS]
+    got = [k & ((1 << 64) - 1) for k in frame_keys(SEED, IDS).tolist()]
+    assert got == want
+
+
+@pytest.mark.parametrize("path", ["torch", pytest.param("native", marks=native)])
+def test_stream_matches_float64_recipe(path):
+    """Both float paths against the recipe evaluated in float64 from the exact integers:
+    within float32 rounding of log/sqrt/cos/sin (|g| < 6, so 1e-6 is ~16 float32 ulps
+    of the largest values)."""
+    keys = frame_keys(SEED, IDS)
+    g = counter_normal_torch(keys, 41) if path == "torch" else torch.ops.lcfast.counter_normal(keys, 41)
+    assert g.shape == (len(IDS), 41) and g.dtype == torch.float32
+    for r, key in enumerate(keys.tolist()):
+        for j in (0, 1, 2, 17, 39, 40):
+            assert abs(g[r, j].item() - _recipe_f64(key & ((1 << 64) - 1), j)) < 1e-6, (r, j)
+
+
+@native
+def test_native_equals_torch_recipe_within_ulps():
+    """The native kernel (Cephes polynomials) and the torch fallback (ATen's log/cos/sin)
+    draw the same stream: the integer hash is the same (any difference there would give
+    unrelated values), the floats differ in the last bits.  Measured on 1000 x 19,600
+    values (seed 0): max |diff| 9.5e-7 = 3.5e-7 * max(1, |g|), 68% bit-identical,
+    at most 4 float32 ulps where |g| > 1e-3 (7 near zero)."""
+    keys = frame_keys(0, torch.arange(300))
+    for count in (784 * 25, 1, 3, 7, 513):
+        a = torch.ops.lcfast.counter_normal(keys, count)
+        b = counter_normal_torch(keys, count)
+        d = (a - b).abs() / b.abs().clamp_min(1)
+        assert d.max().item() <= 4e-7, count
+        ulps = (a.view(torch.int32).long() - b.view(torch.int32).long()).abs()
+        assert ulps[b.abs() > 1e-3].max().item() <= 8, count
+
+
+@native
+def test_native_thread_and_chunk_independent():
+    keys = frame_keys(3, torch.arange(7))
+    full = torch.ops.lcfast.counter_normal(keys, 50001)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.lcfast.counter_normal(keys, 50001)
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(full, one)
+    assert torch.equal(torch.ops.lcfast.counter_normal(keys[[5, 2]], 50001), full[[5, 2]])
+    assert torch.equal(torch.ops.lcfast.counter_normal(keys, 1001), full[:, :1001])  # a prefix of the stream
+
+
+@native
+def test_opcheck_and_bad_input():
+    torch.library.opcheck(torch.ops.lcfast.counter_normal.default, (frame_keys(0, torch.arange(3)), 11))
+    torch.library.opcheck(torch.ops.lcfast.counter_normal.default, (frame_keys(0, torch.arange(0)), 4))
+    with pytest.raises(RuntimeError, match="keys must be a 1-d int64"):
+        torch.ops.lcfast.counter_normal(torch.zeros(3), 4)
+    with pytest.raises(RuntimeError, match="count must be >= 0"):
+        torch.ops.lcfast.counter_normal(frame_keys(0, [1]), -1)
+
+
+@native
+def test_frames_without_native_agree(monkeypatch):
+    """LCFAST_DISABLE_NATIVE=1 draws the frames with the torch recipe: the same frames up
+    to float32 rounding."""
+    want = random_frames((3, 8, 8), 5, 1, torch.arange(6), dtype=torch.float32)
+    monkeypatch.setattr(frames._extension, "has_kernel", lambda op, dev: False)
+    got = random_frames((3, 8, 8), 5, 1, torch.arange(6), dtype=torch.float32)
+    assert (got - want).abs().max().item() < 2e-6
 
 
 def test_chunk_and_order_independent():
-    full = counter_frames((3, 5, 7), 4, 7, torch.arange(10))
-    part = counter_frames((3, 5, 7), 4, 7, torch.tensor([8, 2, 5]))
+    full = random_frames((3, 5, 7), 4, 7, torch.arange(10))
+    part = random_frames((3, 5, 7), 4, 7, torch.tensor([8, 2, 5]))
     assert torch.equal(part, full[[8, 2, 5]])
     assert not torch.equal(full[0], full[1])
-    assert not torch.equal(counter_frames((3, 5, 7), 4, 8, torch.arange(1)), full[:1])
+    assert not torch.equal(random_frames((3, 5, 7), 4, 8, torch.arange(1)), full[:1])
+    assert torch.equal(shared_frame((3, 5, 7), 4, seed=7), random_frames((3, 5, 7), 4, 7, [-1])[0])
 
 
 def test_same_frame_on_every_dtype():
-    f32 = counter_frames((50,), 6, 0, torch.arange(3), dtype=torch.float32)
+    f32 = random_frames((50,), 6, 0, torch.arange(3), dtype=torch.float32)
     for dt in (torch.float64, torch.bfloat16, torch.float16):
-        assert torch.equal(counter_frames((50,), 6, 0, torch.arange(3), dtype=dt), f32.to(dt))
+        assert torch.equal(random_frames((50,), 6, 0, torch.arange(3), dtype=dt), f32.to(dt))
+    assert torch.equal(shared_frame((50,), 6, 0, dtype=torch.float64), shared_frame((50,), 6, 0).to(torch.float64))
 
 
-@pytest.mark.parametrize("D,P", [(784, 25), (17, 17), (300, 1)])
-def test_orthonormal_and_gaussian(D, P):
-    q = counter_frames((D,), P, 3, torch.arange(20)).double().reshape(20, P, D)
-    err = (q @ q.mT - torch.eye(P, dtype=torch.float64)).abs().max().item()
-    assert err < 5e-6
-    g = gaussian_frames(3, torch.arange(50), D, P).double()
+def _orth_err(q: torch.Tensor) -> float:
+    q = q.double().reshape(q.shape[0], q.shape[1], -1)
+    return (q @ q.mT - torch.eye(q.shape[1], dtype=torch.float64)).abs().max().item()
+
+
+@pytest.mark.parametrize("shape,P,n", [((784,), 25, 1000), ((3, 224, 224), 25, 2), ((17,), 17, 300),
+                                       ((2,), 2, 300), ((64,), 64, 50), ((300,), 1, 20), ((64,), 2, 2000),
+                                       ((799,), 25, 50), ((50,), 25, 200)])
+def test_orthonormal(shape, P, n):
+    """One pass (D >= 32 P) and two; measured (max over seeds 0-2): 784 x 25 5.2e-7,
+    3x224x224 x 25 1.35e-6, 17 x 17 3.1e-7, 50 x 25 4.5e-7, 64 x 2 6.4e-7."""
+    q = random_frames(shape, P, 3, torch.arange(n), dtype=torch.float32)
+    assert _orth_err(q) < 2e-6
+
+
+def test_orthonormal_rows_is_qr_and_per_point():
+    """Equal to Householder QR (diag(R) > 0) up to float32 rounding, also for a point whose
+    Cholesky factor fails (rank-deficient rows) or is too ill-conditioned: those go to
+    Householder alone, without changing the other points."""
+    g = gaussian_frames(0, torch.arange(4), 40, 6)
+    g[1, 5] = g[1, 4]                           # rank-deficient: Cholesky fails
+    g[2, 5] = g[2, 4] + 1e-5 * g[2, 3]          # cond ~1e6 > _COND_LIMIT
+    q = orthonormal_rows(g)
+    ref, r = torch.linalg.qr(g.double().mT)
+    ref = (ref * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)).mT
+    for i in (0, 2, 3):
+        assert (q[i].double() - ref[i]).abs().max().item() < 1e-5, i
+    assert _orth_err(q) < 2e-6
+    assert torch.equal(orthonormal_rows(g[[0, 3]]), q[[0, 3]])
+
+
+def test_gaussian():
+    g = gaussian_frames(3, torch.arange(50), 784, 25).double()
+    assert g.shape == (50, 25, 784)
     n = g.numel()
     assert abs(g.mean().item()) < 5 / math.sqrt(n) and abs(g.std().item() - 1) < 5 * math.sqrt(2 / n)
     assert abs(((g.abs() < 1).double().mean().item()) - 0.6826895) < 5 * math.sqrt(0.22 / n)
@@ -60,11 +168,14 @@ def test_orthonormal_and_gaussian(D, P):
 
 def test_version_and_errors():
     assert FRAMES_VERSION.startswith("lcfast-frames-")
+    assert neighborhood.FRAMES_VERSION is FRAMES_VERSION and lcfast.random_frames is random_frames
     with pytest.raises(ValueError, match="n_dirs"):
-        counter_frames((4,), 5, 0, torch.arange(2))
+        random_frames((4,), 5, 0, torch.arange(2))
+    with pytest.raises(ValueError, match="n_dirs"):
+        shared_frame((4,), 0)
     with pytest.raises(TypeError, match="seed"):
-        counter_frames((4,), 2, 0.5, torch.arange(2))
-    assert counter_frames((4,), 2, 0, torch.arange(0)).shape == (0, 2, 4)
+        random_frames((4,), 2, 0.5, torch.arange(2))
+    assert random_frames((4,), 2, 0, torch.arange(0)).shape == (0, 2, 4)
 
 
 def test_result_records_the_frame_generator():
@@ -72,10 +183,8 @@ def test_result_records_the_frame_generator():
     versions); given directions do not."""
     import torch.nn as nn
 
-    import lcfast
-    from lcfast.neighborhood import FRAMES_VERSION as DRAWN  # the default generator's (this file's is counter_frames')
     model, x = nn.Sequential(nn.Linear(5, 7), nn.ReLU()), torch.randn(3, 5)
-    assert lcfast.local_complexity(model, x, n_dirs=2).meta["frames_version"] == DRAWN
-    assert lcfast.local_complexity(model, x, n_dirs=2, shared_directions=True).meta["frames_version"] == DRAWN
+    assert lcfast.local_complexity(model, x, n_dirs=2).meta["frames_version"] == FRAMES_VERSION
+    assert lcfast.local_complexity(model, x, n_dirs=2, shared_directions=True).meta["frames_version"] == FRAMES_VERSION
     given = lcfast.local_complexity(model, x, directions=torch.eye(5)[:2])
     assert "frames_version" not in given.meta and given.meta["directions"] == "given"

@@ -204,6 +204,7 @@ def test_exact_lc_bounds_vertex_lc(name, seed):
     m = build(seed)
     x = torch.randn(24, *shape, generator=torch.Generator().manual_seed(seed))
     dirs = lcfast.random_frames(shape, 2, seed, torch.arange(24))
+    exact_total = vert_total = 0
     for r in (0.05, 0.3, 1.0):
         exact, regions = G.exact_local_complexity(m, x, radius=r, directions=dirs, return_regions=True)
         vert = lcfast.local_complexity(m.double(), x.double(), radius=r, directions=dirs, backend="reference")
@@ -213,7 +214,13 @@ def test_exact_lc_bounds_vertex_lc(name, seed):
         if name in ("mlp", "leaky"):  # first site affine in the input: equal there
             assert torch.equal(exact[:, 0], vert.counts[:, 0])
         assert bool((regions >= 1).all())
-    assert int(exact.sum()) > int(vert.counts.sum())  # the bound is not trivially tight
+        exact_total, vert_total = exact_total + int(exact.sum()), vert_total + int(vert.counts.sum())
+    # the bound is not trivially tight (over the three radii).  Not asserted on
+    # cnn-maxpool: there it is tight for most frames (counter-based frames of seeds
+    # 0-3: 0, 0, 1 and 1 extra neurons over the three radii, 24 points), so a strict
+    # inequality would test the luck of the draw.
+    if name != "cnn-maxpool":
+        assert exact_total > vert_total
 
 
 def test_exact_lc_counts_a_single_neuron_analytically():
@@ -241,8 +248,10 @@ def test_deformation_of_a_linear_neighbourhood_is_analytic():
         d = G.deformation(m, x, radius=r, n_dirs=P, seed=1)
         assert d.sites == ["1#1", "3#1"]
         want = torch.tensor([c1, c1 * c2], dtype=torch.float64) * r * 2 * math.sqrt(2)
-        torch.testing.assert_close(d.eccentricity, want.expand(3, 2), rtol=1e-9, atol=0)
-        torch.testing.assert_close(d.diameter, want.expand(3, 2), rtol=1e-9, atol=0)
+        # drawn frames are orthonormal to float32 accuracy (~1e-7, lcfast.frames), so the
+        # distances are exact to that (measured 5.4e-8 relative), not to float64's
+        torch.testing.assert_close(d.eccentricity, want.expand(3, 2), rtol=1e-6, atol=0)
+        torch.testing.assert_close(d.diameter, want.expand(3, 2), rtol=1e-6, atol=0)
 
 
 def test_errors_name_the_argument_or_the_op():

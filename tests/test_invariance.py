@@ -44,11 +44,13 @@ def test_deterministic_and_seed_dependent():
 
 
 def test_frames_are_orthonormal():
+    """Frames are computed once in float32 (every dtype sees the same directions), so the
+    float64 copy is orthonormal to float32 accuracy, ~1e-6 (lcfast.frames)."""
     f = lcfast.random_frames((3, 5, 7), 25, 0, torch.arange(3)).reshape(3, 25, -1)
     gram = f @ f.transpose(1, 2)
-    assert torch.allclose(gram, torch.eye(25, dtype=torch.float64).expand(3, 25, 25), atol=1e-12)
+    assert torch.allclose(gram, torch.eye(25, dtype=torch.float64).expand(3, 25, 25), atol=2e-6)
     s = lcfast.shared_frame((3, 5, 7), 4, seed=1).reshape(4, -1)
-    assert torch.allclose(s @ s.T, torch.eye(4, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(s @ s.T, torch.eye(4, dtype=torch.float64), atol=2e-6)
 
 
 def test_shared_directions_option_matches_explicit_frame():

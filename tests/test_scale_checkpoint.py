@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lcfast
-from lcfast import neighborhood
+from lcfast import frames
 from lcfast.fingerprint import data_digest, measurement_fingerprint, model_digest
 from lcfast.scale import measure_dataset
 import zoo
@@ -86,7 +86,7 @@ def test_other_settings_refused_with_their_name(done, change, named):
 def test_blocking_and_frames_version_refused(done, monkeypatch):
     with pytest.raises(ValueError, match="block_size=5"):
         measure_dataset(zoo.mlp(), data(), block_size=4, checkpoint=done, **KW)
-    monkeypatch.setattr(neighborhood, "FRAMES_VERSION", neighborhood.FRAMES_VERSION + 1)
+    monkeypatch.setattr(frames, "FRAMES_VERSION", frames.FRAMES_VERSION + "-changed")
     with pytest.raises(ValueError, match="frame generator"):
         measure_dataset(zoo.mlp(), data(), block_size=5, checkpoint=done, **KW)
 

@@ -21,8 +21,8 @@ def build_frames(shape, P: int, seed: int, n: int, device: torch.device, dtype: 
                  block: int = 64) -> torch.Tensor:
     """The per-point frames ``(n, P, *S)`` that ``local_complexity`` would draw for ids
     ``0..n-1``, built ``block`` points at a time (a 1,000-point ResNet set would need
-    60 GB of float64 scratch in one call)."""
-    from ..neighborhood import random_frames
+    30 GB of float32 scratch in one call)."""
+    from ..frames import random_frames
     out = torch.empty(n, P, *shape, device=device, dtype=dtype)
     for lo in range(0, n, block):
         hi = min(n, lo + block)

@@ -7,7 +7,8 @@ import dataclasses
 import torch
 import torch.nn as nn
 
-from ..neighborhood import random_frames, vertices
+from ..frames import random_frames
+from ..neighborhood import vertices
 from .partition import _check_model
 from .trace import float64_copy, site_values
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..neighborhood import random_frames
+from ..frames import random_frames
 from . import engine
 from .partition import _check_model
 from .trace import float64_copy

@@ -45,7 +45,7 @@ import torch.nn as nn
 
 from .. import jsonl
 from ..api import local_complexity
-from ..neighborhood import random_frames
+from ..frames import random_frames
 from .pgd import accuracy, adversarial_accuracy
 from .schedule import log_schedule, resolve_schedule
 from .state import preserved_state

@@ -1,0 +1,73 @@
+// CPU kernel of lcfast::counter_normal (schema in registration.cpp, the recipe and its
+// arithmetic in counter_normal.h).
+//
+// Tasks of at::parallel_for are ranges of the flattened (point, pair) index, so a few
+// large points (ResNet inputs) and many small ones (MNIST) both use every thread.  A
+// task fills a block of kBlock pairs into two stack arrays (the loop GCC vectorises:
+// 64-bit hash, log, sqrt, sin/cos; it needs -fno-math-errno, set in setup.py, else the
+// sqrtf call keeps it scalar) and then interleaves them into the row.
+#include "counter_normal.h"
+#include "cpu_clones.h"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+namespace lcfast {
+namespace {
+
+// Pairs per block: two float arrays of 1 KiB, in L1 while they are interleaved into the
+// row.  (Unmeasured beyond "vectorised loops of this length run at full speed".)
+constexpr int64_t kBlock = 256;
+// Pairs one thread is given at least (at::internal::GRAIN_SIZE is 32768 elements):
+// about 0.1 ms of work, so that one small point does not wake the thread pool.
+constexpr int64_t kGrainPairs = 16384;
+
+// The loop is cloned per ISA (LCFAST_CLONES, cpu_clones.h; vectorised in the AVX2 and
+// AVX-512 clones).  The clones compute the same bits: every operation of
+// counter_normal.h is an IEEE operation (fmaf is a library call in the baseline clone,
+// a vfmadd in the others).
+
+// Pairs [m0, m1) of the stream of `key` into `row` (count values in all).
+LCFAST_CLONES void fill_pairs(uint64_t key, int64_t m0, int64_t m1, float* row, int64_t count) {
+  alignas(64) float a[kBlock], b[kBlock];
+  const int64_t full = count / 2;  // pairs whose two values are both in the row
+  for (int64_t m = m0; m < m1; m += kBlock) {
+    const int64_t n = std::min(kBlock, m1 - m);
+    for (int64_t t = 0; t < n; ++t) frames::normal_pair(key, m + t, &a[t], &b[t]);
+    const int64_t nf = std::max<int64_t>(0, std::min(n, full - m));
+    float* out = row + 2 * m;
+    for (int64_t t = 0; t < nf; ++t) {
+      out[2 * t] = a[t];
+      out[2 * t + 1] = b[t];
+    }
+    if (nf < n) out[2 * nf] = a[nf];  // odd count: the last pair keeps its cosine value
+  }
+}
+
+at::Tensor counter_normal_cpu(const at::Tensor& keys, int64_t count) {
+  at::Tensor out = counter_normal_empty(keys, count);
+  const at::Tensor k = keys.contiguous();
+  const int64_t N = k.size(0), half = (count + 1) / 2;
+  if (N == 0 || count == 0) return out;
+  const uint64_t* kp = reinterpret_cast<const uint64_t*>(k.data_ptr<int64_t>());
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, N * half, kGrainPairs, [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end;) {
+      const int64_t p = q / half, m0 = q - p * half;
+      const int64_t m1 = std::min(half, m0 + (end - q));
+      fill_pairs(kp[p], m0, m1, op + p * count, count);
+      q += m1 - m0;
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lcfast, CPU, m) {
+  m.impl("counter_normal", &counter_normal_cpu);
+}
+
+}  // namespace lcfast
