@@ -175,7 +175,7 @@ def cpu_time_table(rounds: int = 3) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for name, (model, x, r) in WORKLOADS.items():
         model.eval()
-        dirs = counter_frames(x.shape[1:], 25, 0, torch.arange(x.shape[0]))
+        dirs = frames.random_frames(x.shape[1:], 25, 0, torch.arange(x.shape[0]), dtype=torch.float32)
 
         def cpu(fn):
             ts = []
