@@ -314,6 +314,7 @@ class NativeBackend(Backend):
                           lazy=self.antisymmetric_first_layer and _lazy_ok(model))
         interceptor = _NativeInterceptor(model, spec, self.handler(), n * V, V, verts,
                                          self.antisymmetric_first_layer)
+        release_freed_host_memory()
         try:
             with interceptor:
                 model(verts.v)
