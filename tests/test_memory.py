@@ -56,17 +56,23 @@ def _glibc() -> bool:
     return native._TRIM is not None
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or "native" not in available_backends("cpu"),
-                    reason="measures the glibc heap of the native CPU backend")
-def test_native_heap_stays_bounded_across_calls():
+def _run_fresh(script: str) -> list[float]:
+    """The numbers ``script`` prints, run in a fresh process under glibc's default
+    malloc settings (the dynamic mmap threshold that causes the growth)."""
     if not _glibc():
         pytest.skip("no glibc malloc_trim")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"):
-        env.pop(k, None)  # glibc's defaults: the dynamic mmap threshold that causes the growth
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+        env.pop(k, None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    heap = [float(v) for v in out.stdout.split()]
+    return [float(v) for v in out.stdout.split()]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "native" not in available_backends("cpu"),
+                    reason="measures the glibc heap of the native CPU backend")
+def test_native_heap_stays_bounded_across_calls():
+    heap = _run_fresh(SCRIPT)
     assert len(heap) == 3
     assert max(heap) < 256, f"brk heap resident MiB after each call: {heap}"
 
@@ -101,14 +107,7 @@ PEAK_GROWTH_MIB = 32
 @pytest.mark.skipif(not sys.platform.startswith("linux") or "native" not in available_backends("cpu"),
                     reason="reads the peak RSS (VmHWM) of a native CPU backend run")
 def test_native_peak_rss_does_not_grow_across_calls():
-    if not _glibc():
-        pytest.skip("no glibc malloc_trim")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"):
-        env.pop(k, None)
-    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    peaks = [float(v) for v in out.stdout.split()]
+    peaks = _run_fresh(PEAK_SCRIPT)
     assert len(peaks) == 5
     assert max(peaks[1:]) - peaks[0] <= PEAK_GROWTH_MIB, f"peak RSS MiB per call: {[round(p) for p in peaks]}"
 
