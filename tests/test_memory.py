@@ -129,3 +129,20 @@ def test_frame_blocks_equal_frames_drawn_at_once(dtype):
     again = blocks(ids[:60])  # a smaller chunk reuses the buffer
     assert again.data_ptr() == got.data_ptr()
     assert torch.equal(again, whole[:60])
+
+
+def test_counts_equal_with_and_without_frame_blocks(monkeypatch):
+    """The chunk loop through :class:`FrameBlocks` (MNIST-sized points, 60-point chunks:
+    three blocks each, the buffer reused) gives the counts of frames drawn whole."""
+    import lcfast
+    import lcfast.engine.chunking as chunking
+    from lcfast.train.models import mlp
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), mlp())
+    x = torch.rand(130, 1, 28, 28)
+    blocked = lcfast.local_complexity(model, x, radius=0.05, n_dirs=25, seed=1, chunk_size=60, backend="reference")
+    monkeypatch.setattr(chunking, "FRAME_BLOCK_BYTES", {})
+    whole = lcfast.local_complexity(model, x, radius=0.05, n_dirs=25, seed=1, chunk_size=60, backend="reference")
+    assert blocked.total.sum() > 0
+    assert torch.equal(blocked.counts, whole.counts)

@@ -181,12 +181,13 @@ def _empty(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor
 
 
 def _mapped(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A CPU buffer in its own anonymous mapping, unmapped when the last tensor on it
-    goes: glibc would put a block of 1-32 MB on its heap (its mmap threshold rises up to
-    32 MB), where its place, and whether its pages stay resident after the free,
+    """A CPU buffer in its own private anonymous mapping, unmapped when the last tensor
+    on it goes: glibc would put a block of 1-32 MB on its heap (its mmap threshold rises
+    up to 32 MB), where its place, and whether its pages stay resident after the free,
     changed from call to call (see :data:`FRAME_BLOCK_BYTES`)."""
     itemsize = torch.empty((), dtype=dtype).element_size()
-    return torch.frombuffer(mmap.mmap(-1, max(1, numel * itemsize)), dtype=dtype, count=numel)
+    mapped = mmap.mmap(-1, max(1, numel * itemsize), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return torch.frombuffer(mapped, dtype=dtype, count=numel)
 
 
 #: per-call buffer allocators by device type (default: ``torch.empty``)
