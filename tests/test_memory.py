@@ -8,8 +8,8 @@
 * The peak RSS of later calls does not grow over the first call's (MNIST MLP, 1,400
   points, five calls).  Measured (peak MiB per call, 2-core CPU): before the frame
   blocks (lcfast.engine.chunking.FrameBlocks) and the trim before each forward
-  857, 877, 884, 931, 884 (+74) in one run, 882, 882, 884, 884, 884 (+2) in another;
-  after 788, 788, 788, 775, 782 (+0).
+  857, 877, 884, 931, 884 (+74), 882, 882, 884, 884, 884 (+2) and 881, 930, 931, 933,
+  931 (+52) in three runs; after 788, 788, 788, 775, 782 (+0) and 788 x 5 (+0).
 * Frames drawn in blocks equal the frames drawn at once, bit for bit.
 """
 import os
