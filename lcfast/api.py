@@ -16,7 +16,7 @@ import torch.nn as nn
 from .engine import check_compute_dtype, low_precision_route, naive_low_precision, warn_if_offsets_unresolved
 from .engine.policy import FallbackEngine, engine_for  # the auto choice and first-chunk fallback (lcfast/engine/policy.py)
 from .engine.base import Backend, ChunkResult, merge_chunk_meta, model_device, model_guard, _model_dtype
-from .engine.chunking import ChunkPlan, SizeProbe
+from .engine.chunking import ChunkPlan, FrameBlocks, SizeProbe
 from .engine.intercept import ModelCall, probe_layouts
 from .engine.layout_cache import cached_layouts
 from .frames import FRAMES_VERSION, random_frames, shared_frame
@@ -450,9 +450,13 @@ def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, 
         else:
             all_dirs = None
 
+        # per-point frames drawn in blocks into one buffer for the call (issue 11 item 9)
+        drawn = FrameBlocks(lambda ids: random_frames(S, P, request.seed, ids, device=device, dtype=dtype),
+                            S, P, device, dtype)
+
         def frames(lo: int, hi: int) -> torch.Tensor:
             if all_dirs is None:
-                return random_frames(S, P, request.seed, request.ids[lo:hi], device=device, dtype=dtype)
+                return drawn(request.ids[lo:hi])
             return all_dirs if request.shared else all_dirs[lo:hi]
 
         def called(points: torch.Tensor) -> nn.Module:

@@ -84,6 +84,19 @@ def main(argv=None) -> int:
             finally:
                 libc.malloc_trim(0)
         NativeBackend.run_chunk = trimmed
+    import lcfast.engine.native as native
+    trimmed_s = [0.0, 0]  # seconds in, and calls of, the backend's malloc_trim during a call
+    if native._TRIM is not None:
+        trim = native._TRIM
+
+        def timed_trim(pad):
+            t0 = time.perf_counter()
+            try:
+                return trim(pad)
+            finally:
+                trimmed_s[0] += time.perf_counter() - t0
+                trimmed_s[1] += 1
+        native._TRIM = timed_trim
     GiB = 1 << 30
     print(f"{a.calls} calls x {tuple(x.shape)} points, backend={a.backend}, chunk_size={a.chunk_size}, "
           f"threads={torch.get_num_threads()}, MALLOC_TRIM_THRESHOLD_={os.environ.get('MALLOC_TRIM_THRESHOLD_')}, "
@@ -93,6 +106,7 @@ def main(argv=None) -> int:
     peaks = []
     for i in range(a.calls):
         can_reset = _reset_peak()
+        trimmed_s[:] = [0.0, 0]
         t = time.perf_counter()
         res = lcfast.local_complexity(model, x, radius=0.005, n_dirs=25, seed=i, backend=a.backend,
                                       chunk_size=a.chunk_size)
@@ -102,7 +116,8 @@ def main(argv=None) -> int:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         peaks.append(peak)
         print(f"call {i + 1}: peak RSS {peak / GiB:.3f} GiB{'' if can_reset else ' (process peak)'}, "
-              f"after {rss / GiB:.3f} GiB (brk heap {heap / GiB:.3f}), {dt:.1f} s, mean LC {res.total.double().mean():.2f}, "
+              f"after {rss / GiB:.3f} GiB (brk heap {heap / GiB:.3f}), {dt:.1f} s "
+              f"({trimmed_s[0]:.2f} s in {trimmed_s[1]} malloc_trim), mean LC {res.total.double().mean():.2f}, "
               f"load {os.getloadavg()[0]:.1f}", flush=True)
     print(f"max peak {max(peaks) / GiB:.3f} GiB; last - first peak {(peaks[-1] - peaks[0]) / 2**20:+.0f} MiB")
     return 0

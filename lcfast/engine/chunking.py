@@ -12,13 +12,17 @@ stores the smaller size in :attr:`ChunkPlan.size` (and :attr:`ChunkPlan.after_oo
 """
 from __future__ import annotations
 
+import math
+import mmap
 import os
+from typing import Callable
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["ChunkPlan", "SizeProbe", "available_ram", "memory_budget", "points_per_chunk", "MAX_ROWS"]
+__all__ = ["ChunkPlan", "FrameBlocks", "SizeProbe", "available_ram", "memory_budget", "points_per_chunk", "MAX_ROWS",
+           "FRAME_BLOCK_BYTES"]
 
 #: Largest batch (rows) of one forward, per device type.  CPU: 2 cores saturate well
 #: below this.  CUDA: not measured (set without a GPU).
@@ -158,3 +162,81 @@ class ChunkPlan:
         self.size = points_per_chunk(peak_bytes_per_row, self.input_bytes_per_point, self.rows_per_point,
                                      self.device)
         return self.size
+
+
+#: Bytes of one block of per-point frames (float64, ``P * D`` per point) drawn at once, per
+#: device type (absent: the whole chunk at once).  Drawing a frame costs ~40 bytes per
+#: direction element in temporaries (float32 Gaussians, their float64 copy, two
+#: CholeskyQR2 passes, the transposed copy, the cast): 180 MB for a 327-point MNIST
+#: chunk at P = 25, more than the MLP's forward (~100 MB), and glibc placed those
+#: 26 MB blocks differently from call to call, so the peak RSS of a call moved by
+#: +-49 MB (2 x 26 MB).  Measured (2-core CPU, MNIST MLP 784-200x4-10, issue 11 item
+#: 9; docs/design.md#memory): see benchmarks/results/memory-native-mlp-*.  CUDA: not
+#: measured (left whole: a block per few points would mean many small launches).
+FRAME_BLOCK_BYTES = {"cpu": 4 << 20}
+
+
+def _empty(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.empty(numel, dtype=dtype, device=device)
+
+
+def _mapped(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A CPU buffer in its own private anonymous mapping, unmapped when the last tensor
+    on it goes: glibc would put a block of 1-32 MB on its heap (its mmap threshold rises
+    up to 32 MB), where its place, and whether its pages stay resident after the free,
+    changed from call to call (see :data:`FRAME_BLOCK_BYTES`)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    mapped = mmap.mmap(-1, max(1, numel * itemsize), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return torch.frombuffer(mapped, dtype=dtype, count=numel)
+
+
+#: per-call buffer allocators by device type (default: ``torch.empty``)
+_EMPTY = {"cpu": _mapped}
+
+
+class FrameBlocks:
+    """A chunk's per-point frames, drawn block by block into one buffer kept for the call.
+
+    ``draw(ids)`` is the frame generator (:func:`lcfast.neighborhood.random_frames` with
+    the call's seed, shape, device and dtype); frames depend only on ``(seed, id)``, so
+    drawing in blocks gives the same frames.  Chunks no larger than a block are returned
+    as drawn (no copy).  The buffer is made at the first larger chunk (the plan's
+    largest), reused by the later chunks and freed with this object (the end of the call).
+
+    Args:
+        draw: ``LongTensor (k,) -> (k, P, *S)``.
+        shape: ``S``.
+        n_dirs: ``P``.
+        device: where frames are drawn (its :data:`FRAME_BLOCK_BYTES`).
+        dtype: the frames' dtype.
+
+    Example:
+        >>> blocks = FrameBlocks(lambda ids: torch.zeros(len(ids), 2, 3), (3,), 2, torch.device("cpu"), torch.float32)
+        >>> blocks(torch.arange(5)).shape
+        torch.Size([5, 2, 3])
+    """
+
+    def __init__(self, draw: Callable[[torch.Tensor], torch.Tensor], shape, n_dirs: int, device: torch.device,
+                 dtype: torch.dtype):
+        self.draw, self.shape, self.device, self.dtype = draw, tuple(shape), torch.device(device), dtype
+        per_point = n_dirs * math.prod(self.shape)
+        limit = FRAME_BLOCK_BYTES.get(self.device.type)
+        #: points per block (``None``: the whole chunk)
+        self.block = None if limit is None else max(1, limit // (8 * per_point))
+        self.per_point = per_point
+        self.n_dirs = n_dirs
+        self._buf: torch.Tensor | None = None
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` ids -> ``(n, P, *S)`` frames (a view of the buffer when drawn in blocks:
+        valid until the next call)."""
+        n = int(ids.numel())
+        if self.block is None or n <= self.block:
+            return self.draw(ids)
+        if self._buf is None or self._buf.numel() < n * self.per_point:
+            self._buf = None  # the old buffer goes first
+            self._buf = _EMPTY.get(self.device.type, _empty)(n * self.per_point, self.dtype, self.device)
+        out = self._buf[: n * self.per_point].view(n, self.n_dirs, *self.shape)
+        for lo in range(0, n, self.block):
+            out[lo:lo + self.block].copy_(self.draw(ids[lo:lo + self.block]))
+        return out

@@ -254,6 +254,12 @@ class _Buffers:
 #     heap 243/288/227/182 MiB over 4 calls (test_memory's model) with (1) fixed, 136/135/
 #     135/134 with malloc_trim after each chunk (532/471/639/929 with neither), for ~3,000
 #     more page faults per 327-point MNIST-MLP chunk (17,700 without).
+# (3) what is freed after that trim (the chunk's frames, the interceptor) and the frame
+#     drawing's temporaries stayed resident into the next forward, by 0-35 MB depending on
+#     where glibc had placed them, so a call's peak moved with them: a second trim before
+#     the forward made the peak of every 327-point MNIST-MLP chunk 767-793 MiB in three
+#     calls (3,000 points each; 754-830 without it).  Cost measured under load 7 on the
+#     2 cores: 248 trims in a 40,000-point call took 7.8 s of 1,134 s (32 ms each).
 def _malloc_trim():
     try:
         return ctypes.CDLL(None).malloc_trim  # glibc; other C libraries have no such call
@@ -314,6 +320,7 @@ class NativeBackend(Backend):
                           lazy=self.antisymmetric_first_layer and _lazy_ok(model))
         interceptor = _NativeInterceptor(model, spec, self.handler(), n * V, V, verts,
                                          self.antisymmetric_first_layer)
+        release_freed_host_memory()  # issue 11 item 9 (3): the forward starts from live memory only
         try:
             with interceptor:
                 model(verts.v)
