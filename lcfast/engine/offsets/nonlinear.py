@@ -25,7 +25,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .layout import norm_dim, out_layout
-from .screen import DELTA, antisym_bound_pts, bound_pts, rebuild, values_at
+from .screen import DELTA, antisym_bound_pts, bound_pts, newly_broken, rebuild, values_at
 from .tensor import Layout, OffsetTensor, OffsetsError, from_pm, from_pts, merge, split, to_pts
 
 aten = torch.ops.aten
@@ -121,10 +121,7 @@ def piecewise(x: OffsetTensor, slope: float, count: bool = False):
         op, om = fn(zp) - fc, fn(zm) - fc
         a_vals = torch.where(exact, g * aa, (op - om) * 0.5)
         s_vals = torch.where(exact, g * ss, (op + om) * 0.5)
-        newly = torch.zeros(ctx.n, dtype=torch.bool, device=pt.device)
-        newly[pt] = True
-        if x.bidx is not None:
-            newly[x.bidx] = False
+        newly = newly_broken(x, pt)
         crossed_pts = torch.zeros_like(newly)
         crossed_pts[pt_all[hit]] = True
         ctx.mark_break(newly & crossed_pts, "crossing")
@@ -229,7 +226,8 @@ def max_pool(func, args, kwargs):
     v = torch.cat([base + aa, base - aa], 1).reshape(-1, kk, 2 * P)
     v = v.masked_fill((pos < 0)[:, :, None], -math.inf)
     vmax, amx = v.max(1)  # (m, 2P), first maximiser
-    jstar = (pos == ic[pt, gch, o][:, None]).to(torch.int8).argmax(1)
+    i_c = ic[pt, gch, o][:, None]  # the centre's argmax of each candidate window
+    jstar = (pos == i_c).to(torch.int8).argmax(1)
     vstar = v[torch.arange(v.shape[0], device=v.device), jstar]
     bad = ~(vmax == vstar).all(1)
     # the exact parts through the centre's argmax
@@ -238,11 +236,7 @@ def max_pool(func, args, kwargs):
     if x.s is not None:
         e_out4 = split(_gather_rows(x.s, ic4.index_select(1, x.bidx), x.K, out_shape), lay, x.nb, x.K)
     pb, fb = pt[bad], gch[bad] * lout + o[bad]
-    newly = torch.zeros(n, dtype=torch.bool, device=pt.device)
-    newly[pb] = True
-    if x.bidx is not None:
-        newly[x.bidx] = False
-    ctx.mark_break(newly, "argmax")
+    ctx.mark_break(newly_broken(x, pb), "argmax")
     co = to_pts(split(c_out, lay, n, 1), 0)[:, 0][pb, fb]
     o_v = vmax[bad] - co[:, None]
     op, om = o_v[:, :P], o_v[:, P:]
@@ -250,7 +244,7 @@ def max_pool(func, args, kwargs):
     # indices of the vertices: the centre's, and each candidate window's own argmax
     iv4 = ic4.expand(*ic4.shape[:2], 2 * P, *ic4.shape[3:])
     chosen = pos.gather(1, amx)  # (m, 2P)
-    moved = chosen != ic[pt, gch, o][:, None]
+    moved = chosen != i_c
     if bool(moved.any()):
         iv = to_pts(iv4, 0).clone()
         iv[pt, :, gch * lout + o] = chosen

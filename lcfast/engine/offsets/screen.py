@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from .tensor import OffsetTensor, from_pts, merge, to_pts
+from .tensor import OffsetTensor, basis_values, from_pts, merge, to_pts
 
-__all__ = ["DELTA", "antisym_bound_pts", "bound_pts", "values_at", "rebuild"]
+__all__ = ["DELTA", "antisym_bound_pts", "bound_pts", "values_at", "newly_broken", "rebuild"]
 
 #: relative margin of the screen: a neuron is cleared only when its centre exceeds the
 #: bound by this factor, so that rounding in the bound or in ``c + s +- a`` cannot hide
@@ -79,6 +79,15 @@ def values_at(x: OffsetTensor, pt: torch.Tensor, f: torch.Tensor, c: torch.Tenso
     return cc, ss, aa
 
 
+def newly_broken(x: OffsetTensor, pt: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool: the points among ``pt`` that were antisymmetric in ``x``."""
+    new = torch.zeros(x.ctx.n, dtype=torch.bool, device=pt.device)
+    new[pt] = True
+    if x.bidx is not None:
+        new[x.bidx] = False
+    return new
+
+
 def _rows(v: torch.Tensor, R: int) -> torch.Tensor:
     """``(m, P)`` values as the ``R`` stored rows (the one row twice when ``P = 1``)."""
     return v if v.shape[1] == R else torch.cat([v, v], 1)
@@ -129,8 +138,7 @@ def rebuild(x: OffsetTensor, c_out: torch.Tensor, a_out4: torch.Tensor, e_out4: 
     if (x.s is not None and x.coef is None) or K + M > R:  # dense
         S = torch.zeros(nu, R, F, dtype=c_out.dtype, device=dev)
         if x.s is not None:
-            e = e_out4 if x.coef is None else from_pts(
-                torch.bmm(x.coef, to_pts(e_out4, b).to(x.coef.dtype)), [*e_out4.shape[:b + 2], R, *e_out4.shape[b + 3:]], b)
+            e = e_out4 if x.coef is None else basis_values(e_out4, x.coef, b)
             S[old] = to_pts(e, b).to(S.dtype)
         if pt.numel():
             S[q, :, f] = _rows(s_vals, R)

@@ -152,6 +152,12 @@ def to_pts(t4: torch.Tensor, b: int) -> torch.Tensor:
     return t.reshape(t.shape[0], t.shape[1], -1)
 
 
+def basis_values(e4: torch.Tensor, coef: torch.Tensor, b: int) -> torch.Tensor:
+    """``s_p = sum_k coef[p, k] E_k``: basis rows ``e4`` (split form, ``K`` rows per point)
+    with coefficients ``coef`` ``(pts, R, K)`` as ``R`` rows per point, in ``coef``'s dtype."""
+    return from_pts(torch.bmm(coef, to_pts(e4, b).to(coef.dtype)), e4.shape, b)
+
+
 def from_pts(tp: torch.Tensor, shape4, b: int) -> torch.Tensor:
     """Inverse of :func:`to_pts` for a split-form ``shape4`` (points and rows from ``tp``)."""
     other = list(shape4[:b + 1]) + list(shape4[b + 3:])
@@ -245,10 +251,7 @@ class OffsetTensor(torch.Tensor):
         s4 = self.s4()
         if self.coef is None:
             return s4 if dtype is None else s4.to(dtype)
-        b = self.lay.bdim
-        E = to_pts(s4, b).to(self.coef.dtype)
-        sd = from_pts(torch.bmm(self.coef, E), s4.shape, b)
-        return sd.to(dtype or self.a.dtype)
+        return basis_values(s4, self.coef, self.lay.bdim).to(dtype or self.a.dtype)
 
     def at_broken(self, t4: torch.Tensor) -> torch.Tensor:
         """Rows of the broken points of a split-form tensor over all points."""
