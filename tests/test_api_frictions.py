@@ -54,7 +54,8 @@ def test_non_orthonormal_directions_warn_once_naming_the_worst():
     scaled[1, 2] *= 1.01  # one norm 1% off
     with pytest.warns(UserWarning, match=r"norm.*1\.01.*point 1, direction 2") as rec:
         lcfast.local_complexity(model, x, radius=0.1, directions=scaled, backend="reference")
-    assert len([w for w in rec if "orthonormal" in str(w.message)]) == 1
+    ortho = [w for w in rec if "orthonormal" in str(w.message)]
+    assert len(ortho) == 1 and ortho[0].filename == __file__  # stacklevel: the user's call
     skew = frames.clone()
     skew[0, 1] = (skew[0, 1] + 0.01 * skew[0, 0])
     skew[0, 1] /= skew[0, 1].norm()  # unit norm, but not orthogonal to direction 0
