@@ -24,12 +24,14 @@ import math
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from ...tolerance import K as TOL_K, unit_roundoff
+from .band import ambiguous_at, point_band, with_band
 from .layout import norm_dim, out_layout
 from .screen import DELTA, antisym_bound_pts, bound_pts, newly_broken, rebuild, values_at
 from .tensor import Layout, OffsetTensor, OffsetsError, from_pm, from_pts, merge, split, to_pts
 
 aten = torch.ops.aten
-__all__ = ["piecewise", "crossing_counts", "scaled_counts", "max_pool", "product", "bilinear", "smooth", "fallback", "RULES"]
+__all__ = ["piecewise", "crossing_counts", "site_counts", "scaled_counts", "max_pool", "product", "bilinear", "smooth", "fallback", "RULES"]
 
 #: aten op -> rule(func, args, kwargs); filled here and in :mod:`.rules`
 RULES: dict = {}
@@ -60,12 +62,18 @@ def crossed(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
 
 def _candidates(x: OffsetTensor):
     """The screen (:mod:`.screen`): the centre ``(N, F)`` and, at the candidate neurons
-    ``(pt, f)``, the vertex values ``z+-`` ``(m, P)`` in the centre dtype."""
+    ``(pt, f)``, the vertex values ``z+-`` ``(m, P)`` in the centre dtype, and the
+    ambiguous neurons per point ``(N,)`` (:mod:`.band`; ``None`` without a band).  A
+    neuron is a candidate when a vertex may reach zero, or its band."""
     c, bound = bound_pts(x)
-    pt, f = torch.nonzero(c.abs() <= bound * (1 + DELTA), as_tuple=True)
+    band = point_band(x)
+    reach = bound * (1 + DELTA) if band is None else bound * (1 + DELTA) + band
+    pt, f = torch.nonzero(c.abs() <= reach, as_tuple=True)
     cc, ss, aa = values_at(x, pt, f, c)
     base = cc[:, None] + ss
-    return c, pt, f, cc, ss, aa, base + aa, base - aa
+    zp, zm = base + aa, base - aa
+    amb = None if band is None else torch.bincount(pt[ambiguous_at(zp, zm, band[pt, f])], minlength=x.ctx.n)
+    return c, pt, f, cc, ss, aa, zp, zm, amb
 
 
 def _crossed_at(zp, zm):
@@ -78,13 +86,20 @@ def crossing_counts(x: OffsetTensor) -> torch.Tensor:
     """Crossed neurons per point, three-valued signs of the ``2P`` vertex values
     (DESIGN.md section 1.4): ``LongTensor (N,)``.  A neuron the screen clears has every
     vertex strictly on its centre's side, so only candidates are evaluated."""
-    _, pt, _, _, _, _, zp, zm = _candidates(x)
-    return torch.bincount(pt[_crossed_at(zp, zm)], minlength=x.ctx.n)
+    return site_counts(x)[0]
+
+
+def site_counts(x: OffsetTensor):
+    """``(counts, ambiguous)``: :func:`crossing_counts` and the ambiguous neurons per
+    point ``(N,)`` (``None`` when ``x`` carries no band)."""
+    _, pt, _, _, _, _, zp, zm, amb = _candidates(x)
+    return torch.bincount(pt[_crossed_at(zp, zm)], minlength=x.ctx.n), amb
 
 
 def piecewise(x: OffsetTensor, slope: float, count: bool = False):
     """ReLU (``slope = 0``) or LeakyReLU of ``x``; with ``count`` also the crossing
-    counts ``(N,)`` (from the same vertex values).  Returns ``(out, counts)``.
+    counts ``(N,)`` (from the same vertex values) and the ambiguous neurons ``(N,)``
+    (``None`` without a band, :mod:`.band`).  Returns ``(out, counts, ambiguous)``.
 
     Per neuron and vertex pair: if the centre and both vertices lie on one side, the
     offsets scale exactly (``a, s -> g a, g s``, ``g = 1`` or ``slope``, one factor per
@@ -96,7 +111,7 @@ def piecewise(x: OffsetTensor, slope: float, count: bool = False):
     each other but not with the centre)."""
     ctx, lay = x.ctx, x.lay
     b = lay.bdim + 2
-    c, pt, f, cc, ss, aa, zp, zm = _candidates(x)
+    c, pt, f, cc, ss, aa, zp, zm, amb = _candidates(x)
     hit = _crossed_at(zp, zm)
     counts = torch.bincount(pt[hit], minlength=ctx.n) if count else None
     pu = cc > 0
@@ -128,7 +143,12 @@ def piecewise(x: OffsetTensor, slope: float, count: bool = False):
         ctx.mark_break(newly & ~crossed_pts, "centre_sign")
     else:
         a_vals = s_vals = aa[:0]
-    return rebuild(x, c_out, a_out4, e_out4, lay, pt, f, a_vals, s_vals), counts
+    out = rebuild(x, c_out, a_out4, e_out4, lay, pt, f, a_vals, s_vals)
+    # the output's band: the input's (|f'| <= max(1, |slope|)) plus the output's own
+    # magnitude, as the tolerance rule's ``L s(x) + |out|``
+    band = None if x.band is None else \
+        x.band * max(1.0, abs(slope)) + c_out.abs() * (TOL_K * unit_roundoff(c_out.dtype))
+    return with_band(out, band), counts, amb
 
 
 @rule(aten.relu.default)
@@ -249,7 +269,9 @@ def max_pool(func, args, kwargs):
         iv = to_pts(iv4, 0).clone()
         iv[pt, :, gch * lout + o] = chosen
         iv4 = from_pts(iv, iv4.shape, 0)
-    return out, merge(iv4, 0).reshape(-1, *out_shape)
+    # the band: a window's value is one of its elements', so the largest band of them
+    band = None if x.band is None else func(x.band, *args[1:], **kwargs)[0]
+    return with_band(out, band), merge(iv4, 0).reshape(-1, *out_shape)
 
 
 def _gather_rows(t: torch.Tensor, ic4: torch.Tensor, rows: int, out_shape) -> torch.Tensor:

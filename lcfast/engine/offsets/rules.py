@@ -13,8 +13,9 @@ import torch
 from . import nonlinear as nl
 from .nonlinear import RULES, rule as _rule
 from .layout import align_binary, norm_dim, out_layout, view_sizes
+from .band import abs_const, producer_band, with_band
 from .tensor import Layout, OffsetTensor, OffsetsError, align, lift
-from ...tolerance import BATCH_NORM_WITH_TRAINING_FLAG
+from ...tolerance import BATCH_NORM_WITH_TRAINING_FLAG, K as TOL_K, unit_roundoff
 
 aten = torch.ops.aten
 __all__ = ["dispatch", "RULES"]
@@ -56,15 +57,21 @@ def _copy_(func, args, kwargs):
     return dst.assign(src)
 
 
-def _wrap(x: OffsetTensor, c, a, s, op) -> OffsetTensor:
-    return x.with_parts(c, a, s, out_layout(x, c, a, op))
+def _wrap(x: OffsetTensor, c, a, s, op, band=None) -> OffsetTensor:
+    return x.with_parts(c, a, s, out_layout(x, c, a, op), band=band)
 
 
-def _both(x, fn, lay: Layout):
-    """Apply a structural (or scalar-linear) ``fn`` to centre and offsets; a pending
-    offset scale commutes with it and stays pending."""
+def _band(x, fn):
+    """``fn`` of ``x``'s rounding band (:mod:`.band`), ``None`` when it has none."""
+    return None if x.band is None else fn(x.band)
+
+
+def _both(x, fn, lay: Layout, band_fn=None):
+    """Apply a structural (or scalar-linear) ``fn`` to centre and offsets (and
+    ``band_fn``, default ``fn``, to the band); a pending offset scale commutes with it
+    and stays pending."""
     a, scale = x.raw_a()
-    return x.with_parts(fn(x.c), fn(a), None if x.s is None else fn(x.s), lay, scale)
+    return x.with_parts(fn(x.c), fn(a), None if x.s is None else fn(x.s), lay, scale, _band(x, band_fn or fn))
 
 
 def _weighted(x, fn, k):
@@ -97,7 +104,8 @@ def _view(func, args, kwargs):
     sizes, lay = view_sizes(x, size)
     a, scale = x.raw_a()
     s = None if x.s is None else x.s.reshape(sizes(x.nb, x.K))
-    return x.with_parts(x.c.reshape(sizes(x.ctx.n, 1)), a.reshape(sizes(x.ctx.n, x.ctx.R)), s, lay, scale)
+    return x.with_parts(x.c.reshape(sizes(x.ctx.n, 1)), a.reshape(sizes(x.ctx.n, x.ctx.R)), s, lay, scale,
+                        _band(x, lambda t: t.reshape(sizes(x.ctx.n, 1))))
 
 
 @_rule(aten.expand.default)
@@ -208,9 +216,11 @@ def _cat(func, args, kwargs):
     ts = [t if isinstance(t, OffsetTensor) else lift(t, ref, b) for t in tensors]
     if any(t.lay != ref.lay for t in ts):
         raise OffsetsError("cat of tensors holding the vertex batch in different places")
+    bands = [t.band if isinstance(t0, OffsetTensor) else torch.zeros_like(t.c) for t0, t in zip(tensors, ts)]
     ts = align(ts)
     s = None if ts[0].s is None else torch.cat([t.s for t in ts], dim)
-    return ts[0].with_parts(torch.cat([t.c for t in ts], dim), torch.cat([t.a for t in ts], dim), s)
+    band = None if any(b is None for b in bands) else torch.cat(bands, dim)
+    return ts[0].with_parts(torch.cat([t.c for t in ts], dim), torch.cat([t.a for t in ts], dim), s, band=band)
 
 
 @_rule(aten.stack.default)
@@ -233,8 +243,9 @@ def _split(func, args, kwargs):
         raise OffsetsError(f"{func} along the vertex batch dimension")
     cs, as_ = func(x.c, *args[1:], **kwargs), func(x.a, *args[1:], **kwargs)
     ss = [None] * len(cs) if x.s is None else func(x.s, *args[1:], **kwargs)
+    bs = [None] * len(cs) if x.band is None else func(x.band, *args[1:], **kwargs)
     lay = x.lay._replace(bdim=b - (dim < b) if func is aten.unbind.int else b)
-    return [x.with_parts(c, a, s, lay) for c, a, s in zip(cs, as_, ss)]
+    return [x.with_parts(c, a, s, lay, band=bb) for c, a, s, bb in zip(cs, as_, ss, bs)]
 
 
 @_rule(aten.constant_pad_nd.default)
@@ -244,7 +255,7 @@ def _pad(func, args, kwargs):
     if x.lay.bdim >= x.dim() - len(pad) // 2:
         raise OffsetsError("padding the vertex batch dimension")
     a, s = _parts(x, lambda t: func(t, pad, 0), count=False)
-    return x.with_parts(func(x.c, pad, value), a, s)
+    return x.with_parts(func(x.c, pad, value), a, s, band=_band(x, lambda t: func(t, pad, 0)))
 
 
 @_rule(aten.index_select.default, aten.flip.default, aten.roll.default)
@@ -277,9 +288,11 @@ def _mm(func, args, kwargs):
     _contracted(x, x.dim() - 1 if va else x.dim() - 2, func)
     ctx = x.ctx
     c = func(a.c if va else a, b.c if vb else b)
-    k = ctx.cast(b if va else a)
-    da, ds = _weighted(x, (lambda t, kk: func(t, kk)) if va else (lambda t, kk: func(kk, t)), k)
-    return _wrap(x, c, da, ds, func)
+    k0 = b if va else a
+    band = producer_band(x, (lambda t: func(t, abs_const(x, k0))) if va else (lambda t: func(abs_const(x, k0), t)),
+                         weight_norms=_column_norms(x, k0) if va and func is aten.mm.default else None)
+    da, ds = _weighted(x, (lambda t, kk: func(t, kk)) if va else (lambda t, kk: func(kk, t)), ctx.cast(k0))
+    return _wrap(x, c, da, ds, func, band)
 
 
 @_rule(aten.addmm.default, aten.baddbmm.default)
@@ -296,13 +309,30 @@ def _addmm(func, args, kwargs):
     _contracted(x, x.dim() - 1 if x is a else x.dim() - 2, func)
     ctx = x.ctx
     c = func(bias, a.c if x is a else a, b.c if x is b else b, beta=beta, alpha=alpha)
-    k = ctx.cast(b if x is a else a)
+    k0 = b if x is a else a
 
     def lin(t, kk):
         out = mm(t, kk) if x is a else mm(kk, t)
         return out if alpha == 1 else out * alpha
-    da, ds = _weighted(x, lin, k)
-    return _wrap(x, c, da, ds, func)
+    norms = _column_norms(x, k0) if x is a and func is aten.addmm.default else None
+    band = producer_band(x, lambda t: abs(alpha) * lin(t, abs_const(x, k0)), abs(beta) * abs_const(x, bias),
+                         None if norms is None else abs(alpha) * norms)
+    da, ds = _weighted(x, lin, ctx.cast(k0))
+    return _wrap(x, c, da, ds, func, band)
+
+
+def _column_norms(x: OffsetTensor, w: torch.Tensor):
+    """``(F_out,)`` 2-norms of the columns of a constant ``(F_in, F_out)`` right operand
+    (a dense layer's weight rows), centre dtype, cached with the weight's other forms;
+    ``None`` unless bands are tracked."""
+    if not x.ctx.track_band:
+        return None
+    key = ("colnorm", w.untyped_storage().data_ptr(), w.storage_offset(), tuple(w.shape), tuple(w.stride()),
+           w._version)
+    hit = x.ctx.cache.get(key)
+    if hit is None:
+        hit = x.ctx.cache[key] = torch.linalg.vector_norm(w.detach().to(x.c.dtype), dim=0)
+    return hit
 
 
 def _like_centre(d, c, lay):
@@ -327,8 +357,10 @@ def _conv(func, args, kwargs):
         raise OffsetsError("convolution input without the vertex batch in dimension 0")
     ctx = x.ctx
     c = func(x.c, w, bias, *args[3:], **kwargs)
+    band = producer_band(x, lambda t: func(t, abs_const(x, w), None, *args[3:], **kwargs),
+                         None if bias is None else abs_const(x, bias).reshape(1, -1, *([1] * (c.dim() - 2))))
     da, ds = _weighted(x, lambda t, wk: func(t, wk, None, *args[3:], **kwargs), ctx.cast(w))
-    return _wrap(x, c, da, ds, func)
+    return _wrap(x, c, da, ds, func, band)
 
 
 def _bn_scale(weight, var, eps, like):
@@ -355,7 +387,19 @@ def _batch_norm(func, args, kwargs):
     out = func(x.c, *args[1:], **kwargs)
     scale = _bn_scale(weight, var, eps, x.a)
     a, s = _parts(x, lambda t: t * scale)
-    return (x.with_parts(out[0], a, s), *out[1:])
+    return (x.with_parts(out[0], a, s, band=_band(x, lambda t: _bn_band(t, weight, bias, mean, var, eps))),
+            *out[1:])
+
+
+def _bn_band(band, weight, bias, mean, var, eps):
+    """Batch norm's output band: an elementwise affine, ``|g| band + K u (|g| |mean| + |b|)``
+    (the tolerance rule's batch-norm scale), ``g`` the per-channel factor."""
+    g = _bn_scale(weight, var, eps, band).abs()
+    shape = g.shape
+    own = g * mean.to(band.dtype).abs().reshape(shape)
+    if bias is not None:
+        own = own + bias.to(band.dtype).abs().reshape(shape)
+    return band * g + own * (TOL_K * unit_roundoff(band.dtype))
 
 
 _POOL_SPATIAL = {}
@@ -375,25 +419,26 @@ def _linear_unary(func, args, kwargs):
         raise OffsetsError(f"{func} pools over the vertex batch dimension")
     c = func(x.c, *args[1:], **kwargs)
     a, s = _parts(x, lambda t: func(t, *args[1:], **kwargs))
-    return _wrap(x, c, a, s, func)
+    # non-negative coefficients: the band goes through the op itself
+    return _wrap(x, c, a, s, func, _band(x, lambda t: func(t, *args[1:], **kwargs)))
 
 
 @_rule(aten.neg.default)
 def _neg(func, args, kwargs):
     x = args[0]
-    return _both(x, torch.neg, x.lay)
+    return _both(x, torch.neg, x.lay, band_fn=lambda t: t)
 
 
 @_rule(aten.mul.Scalar, aten.div.Scalar)
 def _scalar(func, args, kwargs):
     x = args[0]
-    return _both(x, lambda t: func(t, args[1]), x.lay)
+    return _both(x, lambda t: func(t, args[1]), x.lay, band_fn=lambda t: func(t, abs(args[1])))
 
 
 @_rule(aten.add.Scalar, aten.sub.Scalar)
 def _add_scalar(func, args, kwargs):
     x = args[0]
-    return x.with_parts(func(x.c, *args[1:], **kwargs), x.a, x.s)
+    return x.with_parts(func(x.c, *args[1:], **kwargs), x.a, x.s, band=x.band)
 
 
 @_rule(aten.rsub.Scalar)
@@ -401,7 +446,7 @@ def _rsub_scalar(func, args, kwargs):
     x = args[0]
     alpha = kwargs.get("alpha", args[2] if len(args) > 2 else 1)
     a, s = _parts(x, lambda t: t * (-alpha), count=False)
-    return x.with_parts(func(x.c, *args[1:], **kwargs), a, s)
+    return x.with_parts(func(x.c, *args[1:], **kwargs), a, s, band=x.band)
 
 
 @_rule(aten.add.Tensor, aten.sub.Tensor, aten.rsub.Tensor)
@@ -423,11 +468,17 @@ def _add(func, args, kwargs):
     if va and vb:
         da = torch.add(a.a, b.a, alpha=alpha)
         ds = None if a.s is None else torch.add(a.s, b.s, alpha=alpha)
+        band = None if a.band is None or b.band is None else torch.add(a.band, b.band, alpha=abs(alpha))
     elif va:
         da, ds = a.a, a.s
+        band = a.band
     else:
         da, ds = _parts(b, lambda t: t * alpha if alpha != 1 else t, count=False)
-    return ref.with_parts(c, _like_centre(da, c, lay), None if ds is None else _like_centre(ds, c, lay), lay)
+        band = _band(b, lambda t: t * abs(alpha))
+    if band is not None and band.shape != c.shape:
+        band = band.expand_as(c)
+    return ref.with_parts(c, _like_centre(da, c, lay), None if ds is None else _like_centre(ds, c, lay), lay,
+                          band=band)
 
 
 @_rule(aten.mul.Tensor, aten.div.Tensor)
@@ -445,7 +496,11 @@ def _mul(func, args, kwargs):
     c = func(a.c if va else a, b.c if vb else b)
     kk = x.ctx.cast(k)
     da, ds = _parts(x, (lambda t: func(t, kk)) if va else (lambda t: func(kk, t)), count=False)
-    return x.with_parts(c, _like_centre(da, c, lay), None if ds is None else _like_centre(ds, c, lay), lay)
+    band = _band(x, (lambda t: func(t, abs_const(x, k))) if va else (lambda t: func(abs_const(x, k), t)))
+    if band is not None and band.shape != c.shape:
+        band = band.expand_as(c)
+    return x.with_parts(c, _like_centre(da, c, lay), None if ds is None else _like_centre(ds, c, lay), lay,
+                        band=band)
 
 
 @_rule(_g("native_dropout", "default"))

@@ -1,13 +1,18 @@
 """Entry points of the offsets engine: one chunk, and a :class:`Backend`."""
 from __future__ import annotations
 
+import copy
 import math
+import weakref
 
 import torch
 import torch.nn as nn
 
 from ...sites import SiteSpec
+from ...tolerance import K
 from ..base import Backend, ChunkResult, model_device, model_guard, _model_dtype
+from ..intercept import ModelCall
+from .band import offsets_unit_roundoff
 from .site import OffsetsSiteHandler, make_interceptor
 from .tensor import Layout, OffsetContext, OffsetTensor, rows_per_point
 
@@ -45,9 +50,51 @@ def input_tensor(x: torch.Tensor, directions: torch.Tensor, radius: float, dtype
     return OffsetTensor(x, rd.reshape(-1, *S), None, None, Layout(0), ctx)
 
 
+class Float64Model:
+    """The measured model in float64 for the certified mode's recomputation: the model
+    itself when it already is, else a copy made on first use and kept while the same
+    model is measured (the user's model is never changed)."""
+
+    def __init__(self):
+        self._src = None
+        self._copy = None
+
+    def __call__(self, model: nn.Module) -> nn.Module:
+        if isinstance(model, ModelCall):
+            raise ValueError("certified=True does not support forward=/extra= (the recomputation of a "
+                             "chunk's flagged points would need their extra inputs)")
+        if _model_dtype(model) == torch.float64:
+            return model
+        if self._src is None or self._src() is not model:
+            self._copy = copy.deepcopy(model).to(torch.float64).eval()
+            self._src = weakref.ref(model)
+        return self._copy
+
+
+def _accuracy_report(handler: OffsetsSiteHandler, names: list[str], n: int):
+    """``(meta, flagged)``: the accuracy report of one chunk and the points ``(n,)`` bool
+    that have an ambiguous neuron at some site, or reach a site without a band."""
+    per_site, unbounded = {}, {}
+    flagged = torch.zeros(n, dtype=torch.bool)
+    total = 0
+    for name, amb in zip(names, handler.ambiguous):
+        if amb is None:
+            unbounded[name] = n
+            flagged[:] = True
+            continue
+        amb = amb.cpu()
+        per_site[name] = int(amb.sum())
+        total += per_site[name]
+        flagged |= amb > 0
+    meta = dict(accuracy_rule=f"band K*(u_c*S_c + u_d*S_d), K={K:g} (lcfast.tolerance)",
+                ambiguous_neurons=total, ambiguous_per_site=per_site, ambiguous_points=int(flagged.sum()),
+                unbounded_sites=unbounded)
+    return meta, flagged
+
+
 def run_offsets(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, radius: float, spec: SiteSpec,
-                dtype: torch.dtype, handler: OffsetsSiteHandler | None = None, tf32: bool = False
-                ) -> OffsetsChunkResult:
+                dtype: torch.dtype, handler: OffsetsSiteHandler | None = None, tf32: bool = False,
+                accuracy: bool = True, certify: Float64Model | None = None) -> OffsetsChunkResult:
     """One chunk through a prepared model (eval mode, no grad, centre dtype = model's).
 
     Args:
@@ -60,22 +107,43 @@ def run_offsets(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, rad
         handler: the site handler (default: a plain :class:`OffsetsSiteHandler`).
         tf32: allow TF32 in the offsets' linear ops (float32 offsets on CUDA; the centre
             stays strict float32).
+        accuracy: carry the rounding band (:mod:`.band`) and report the ambiguous neurons
+            in ``meta`` (``ambiguous_per_site``, ``ambiguous_points``, ``unbounded_sites``).
+        certify: recompute the points with an ambiguous neuron (or that reached a site
+            without a band) in float64 on this float64 model (needs ``accuracy``); their
+            count is in ``meta["certified_recomputed"]``.
 
     Returns:
         :class:`OffsetsChunkResult`, counts ``(n, L)``.
     """
     n = x.shape[0]
     P = directions.shape[-x.dim()]
-    ctx = OffsetContext(n, P, dtype, tf32=tf32)
+    on_cuda_tf32 = tf32 and x.device.type == "cuda"
+    ctx = OffsetContext(n, P, dtype, tf32=tf32, track_band=accuracy or certify is not None,
+                        u_offsets=offsets_unit_roundoff(dtype, on_cuda_tf32))
+    handler = handler or OffsetsSiteHandler()
     icpt = make_interceptor(model, spec, n * 2 * P, 2 * P, handler)
     with icpt:
         model(input_tensor(x, directions, radius, dtype, ctx))
     res = ChunkResult.of(icpt, n)
+    report = {}
+    counts = res.counts
+    if ctx.track_band:
+        report, flagged = _accuracy_report(handler, res.names, n)
+        if certify is not None:
+            idx = torch.nonzero(flagged).flatten().to(x.device)
+            report["certified_recomputed"] = int(idx.numel())
+            if idx.numel():
+                d = directions if directions.dim() == x.dim() else directions[idx]
+                exact = run_offsets(certify(model), x[idx].to(torch.float64), d.to(torch.float64), radius, spec,
+                                    torch.float64, accuracy=False)
+                counts = counts.clone()
+                counts[idx.to(counts.device)] = exact.counts.to(counts.device)
     antisym = ctx.first_break < 0
     meta = dict(
         offsets_dtype=str(dtype).replace("torch.", ""),
         centre_dtype=str(x.dtype).replace("torch.", ""),
-        tf32_offsets=bool(tf32 and x.device.type == "cuda"),
+        tf32_offsets=bool(on_cuda_tf32),
         rows_per_point=rows_per_point(ctx),
         vertex_rows_per_point=2 * P,
         symmetric_part=dict(ctx.symmetric),
@@ -83,8 +151,9 @@ def run_offsets(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, rad
         breaks=dict(ctx.breaks),
         first_break_op=ctx.first_break.tolist(),
         offset_ops=ctx.ops,
+        **report,
     )
-    return OffsetsChunkResult(res.counts, res.names, res.neurons, meta)
+    return OffsetsChunkResult(counts, res.names, res.neurons, meta)
 
 
 def run_offsets_radii(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, radii, spec: SiteSpec,
@@ -104,7 +173,8 @@ def run_offsets_radii(model: nn.Module, x: torch.Tensor, directions: torch.Tenso
     radii = [float(r) for r in radii]
     r0 = max(radii)
     handler = OffsetsSiteHandler(scales=[r / r0 for r in radii])
-    base = run_offsets(model, x, directions, r0, spec, dtype, handler, tf32)
+    # no accuracy report: the band of the one pass would describe r0 only
+    base = run_offsets(model, x, directions, r0, spec, dtype, handler, tf32, accuracy=False)
     n = x.shape[0]
     scaled = torch.stack(handler.scaled, 1) if handler.scaled else torch.zeros(n, 0, len(radii), dtype=torch.long)
     redo = torch.zeros(n, dtype=torch.bool, device=scaled.device)
@@ -120,7 +190,7 @@ def run_offsets_radii(model: nn.Module, x: torch.Tensor, directions: torch.Tenso
             counts = scaled[:, :, k].clone()
             if idx.numel():
                 d = directions if directions.dim() == x.dim() else directions[idx]
-                counts[idx] = run_offsets(model, x[idx], d, r, spec, dtype, tf32=tf32).counts
+                counts[idx] = run_offsets(model, x[idx], d, r, spec, dtype, tf32=tf32, accuracy=False).counts
         meta = dict(base.meta, radius=r, scaled_points=int(n - idx.numel()) if r != r0 else 0,
                     rerun_points=int(idx.numel()) if r != r0 else 0)
         out.append(OffsetsChunkResult(counts, base.names, base.neurons, meta))
@@ -129,7 +199,7 @@ def run_offsets_radii(model: nn.Module, x: torch.Tensor, directions: torch.Tenso
 
 def offsets_local_complexity(model: nn.Module, x: torch.Tensor, *, radius, directions: torch.Tensor,
                              dtype: torch.dtype | None = None, centre_dtype: torch.dtype | None = None,
-                             sites="activations", tf32: bool = False):
+                             sites="activations", tf32: bool = False, certified: bool = False):
     """Crossing counts of ``n`` points by centre + offsets propagation.
 
     The model's own ``forward`` runs once on an :class:`OffsetTensor` holding the
@@ -148,11 +218,17 @@ def offsets_local_complexity(model: nn.Module, x: torch.Tensor, *, radius, direc
         sites: as :func:`lcfast.local_complexity`.
         tf32: allow TF32 in the offsets' convolutions and matmuls on CUDA (float32
             offsets only; the centre stays strict float32; no effect on the CPU).
+        certified: recompute in float64 every point the engine's rounding band cannot
+            resolve (an ambiguous neuron, :mod:`.band`), so that the counts are
+            float64's; one radius only.
 
     Returns:
         :class:`OffsetsChunkResult`: ``counts`` ``(n, L)``, ``names``, ``neurons``, ``meta``
         (``rows_per_point``: mean ``1 + R`` over the offset ops, against ``2P`` for the
-        vertex push; ``antisymmetric_points``; ``breaks``: points per reason).
+        vertex push; ``antisymmetric_points``; ``breaks``: points per reason; the
+        accuracy report for one radius: ``ambiguous_per_site`` ``{site: neurons}``,
+        ``ambiguous_neurons``, ``ambiguous_points``, ``unbounded_sites`` ``{site: points}``;
+        with ``certified``, ``certified_recomputed`` points).
 
     Example:
         >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -171,6 +247,9 @@ def offsets_local_complexity(model: nn.Module, x: torch.Tensor, *, radius, direc
         raise TypeError(f"dtype must be one of {OFFSET_DTYPES}, got {dtype!r}")
     if not isinstance(tf32, bool) or (tf32 and dtype != torch.float32):
         raise ValueError(f"tf32 must be a bool and needs dtype=torch.float32, got tf32={tf32!r}, dtype={dtype}")
+    if not isinstance(certified, bool) or (certified and many):
+        raise ValueError(f"certified must be a bool and takes one radius, got certified={certified!r}, "
+                         f"radius={radius!r}")
     centre_dtype = centre_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
     if centre_dtype not in (torch.float32, torch.float64):
         raise TypeError(f"centre_dtype must be float32 or float64, got {centre_dtype!r}")
@@ -186,17 +265,21 @@ def offsets_local_complexity(model: nn.Module, x: torch.Tensor, *, radius, direc
         xc, dirs = x.to(device=device, dtype=centre_dtype), directions.to(device)
         if many:
             return run_offsets_radii(m, xc, dirs, radius, spec, dtype, tf32)
-        return run_offsets(m, xc, dirs, float(radius), spec, dtype, tf32=tf32)
+        return run_offsets(m, xc, dirs, float(radius), spec, dtype, tf32=tf32,
+                           certify=Float64Model() if certified else None)
 
 
 class OffsetsBackend(Backend):
     """Backend ``"offsets"``: centre in the model's dtype, offsets in ``dtype``
-    (default: the model's); ``tf32``: TF32 in the offsets' linear ops on CUDA."""
+    (default: the model's); ``tf32``: TF32 in the offsets' linear ops on CUDA;
+    ``certified``: points the rounding band cannot resolve are recomputed in float64."""
 
     name = "offsets"
 
-    def __init__(self, dtype: torch.dtype | None = None, tf32: bool = False):
+    def __init__(self, dtype: torch.dtype | None = None, tf32: bool = False, certified: bool = False):
         self.dtype, self.tf32 = dtype, tf32
+        self.certify = Float64Model() if certified else None
 
     def run_chunk(self, model, x, directions, radius, spec):
-        return run_offsets(model, x, directions, radius, spec, self.dtype or x.dtype, tf32=self.tf32)
+        return run_offsets(model, x, directions, radius, spec, self.dtype or x.dtype, tf32=self.tf32,
+                           certify=self.certify)

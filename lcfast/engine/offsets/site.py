@@ -15,7 +15,7 @@ import torch
 
 from ...sites import SiteSpec
 from ..intercept import ActCall, Site, SiteHandler, SiteInterceptor
-from .nonlinear import crossed, crossing_counts, piecewise, scaled_counts
+from .nonlinear import crossed, piecewise, scaled_counts, site_counts
 from .tensor import OffsetTensor
 
 __all__ = ["OffsetsSiteHandler", "make_interceptor"]
@@ -45,6 +45,9 @@ class OffsetsSiteHandler(SiteHandler):
         self.scales = scales
         self.scaled: list[torch.Tensor] = []
         self.broken: list[torch.Tensor | None] = []
+        #: per site, in call order: ambiguous neurons per point ``(N,)``, ``None`` when the
+        #: site was reached without a band (unbounded), ``False`` when bands are not tracked
+        self.ambiguous: list = []
 
     def site(self, pre, V: int, call: ActCall | None):
         """Counts ``LongTensor (N,)`` and, when ``call`` is given, the activation output."""
@@ -55,14 +58,17 @@ class OffsetsSiteHandler(SiteHandler):
             self.broken.append(pre.bidx)
         if not isinstance(pre, OffsetTensor):
             counts = _plain_counts(pre, V)
+            self.ambiguous.append(torch.zeros_like(counts))  # a constant: exact in every dtype
             return (call.run() if call is not None else None), counts
         if call is not None and call.kind in PIECEWISE:
-            out, counts = piecewise(pre, call.slope, count=True)
+            out, counts, amb = piecewise(pre, call.slope, count=True)
             if call.inplace:
                 out = pre.assign(out)
-            return out, counts
-        counts = crossing_counts(pre)
-        return (call.run() if call is not None else None), counts
+        else:
+            counts, amb = site_counts(pre)
+            out = call.run() if call is not None else None
+        self.ambiguous.append(amb if pre.ctx.track_band else False)
+        return out, counts
 
     # -- the interception protocol (lcfast.engine.intercept) -----------------------
     def batch_dim(self, value, rows: int):

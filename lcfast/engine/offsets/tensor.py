@@ -61,6 +61,7 @@ class OffsetContext:
         P: directions per point.
         dtype: compute dtype of the offsets.
         tf32: allow TF32 in the offsets' linear ops on CUDA (:meth:`offset_math`).
+        track_band: carry the rounding band (:mod:`.band`) for the accuracy report.
 
     Attributes:
         R: offset rows per point and part (``max(P, 2)``).
@@ -73,8 +74,10 @@ class OffsetContext:
             dense symmetric part.
     """
 
-    def __init__(self, n: int, P: int, dtype: torch.dtype, tf32: bool = False):
+    def __init__(self, n: int, P: int, dtype: torch.dtype, tf32: bool = False, track_band: bool = False,
+                 u_offsets: float = 0.0):
         self.n, self.P, self.dtype, self.tf32 = n, P, dtype, tf32
+        self.track_band, self.u_offsets = track_band, u_offsets
         self.R = max(P, 2)
         self.cache: dict = {}
         self.first_break = torch.full((n,), -1, dtype=torch.long)
@@ -179,6 +182,8 @@ class OffsetTensor(torch.Tensor):
 
     def __init__(self, c, a, s, bidx, layout, ctx, coef=None, blocks=None, scale=1.0):
         self._set(c, a, s, bidx, layout, ctx, coef, blocks, scale)
+        #: centre-shaped rounding band of the values (:mod:`.band`), ``None``: not tracked
+        self.band = None
 
     def _set(self, c, a, s, bidx, layout, ctx, coef=None, blocks=None, scale=1.0):
         b = layout.bdim
@@ -218,6 +223,7 @@ class OffsetTensor(torch.Tensor):
     def assign(self, other: "OffsetTensor") -> "OffsetTensor":
         """Become ``other`` (for in-place ops)."""
         self._set(other.c, other.a, other.s, other.bidx, other.lay, other.ctx, other.coef, other.blocks)
+        self.band = other.band
         return self
 
     @property
@@ -295,9 +301,12 @@ class OffsetTensor(torch.Tensor):
         b = self.lay.bdim + 1
         return t4.movedim(b, 0).reshape(t4.shape[b], -1).any(1)
 
-    def with_parts(self, c, a, s, layout=None, scale=1.0) -> "OffsetTensor":
-        """A tensor with the same broken points (and basis coefficients) and new parts."""
-        return OffsetTensor(c, a, s, self.bidx, layout or self.lay, self.ctx, self.coef, self.blocks, scale)
+    def with_parts(self, c, a, s, layout=None, scale=1.0, band=None) -> "OffsetTensor":
+        """A tensor with the same broken points (and basis coefficients) and new parts
+        (``band``: its rounding band, :mod:`.band`)."""
+        out = OffsetTensor(c, a, s, self.bidx, layout or self.lay, self.ctx, self.coef, self.blocks, scale)
+        out.band = band
+        return out
 
     def densified(self) -> "OffsetTensor":
         """The same values with a dense symmetric part."""
@@ -394,7 +403,9 @@ def align(xs: list) -> list:
                     poff += k
                 T[pos[:, None], torch.tensor(cols, device=dev)[None, :]] = to_pts(x.s4(), b)
         s = merge(from_pts(T, shape4, b), b)
-        out.append(OffsetTensor(x.c, x.a, s, union, x.lay, x.ctx, coef, None if dense else tuple(blocks.items())))
+        o = OffsetTensor(x.c, x.a, s, union, x.lay, x.ctx, coef, None if dense else tuple(blocks.items()))
+        o.band = x.band
+        out.append(o)
     return out
 
 
