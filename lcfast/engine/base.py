@@ -4,7 +4,7 @@ A backend decides two things: what happens at a site (its
 :class:`~lcfast.engine.intercept.SiteHandler`: count, or count and activate in one
 fused pass) and how the vertex batch of one chunk is pushed through the model (its
 :meth:`Backend.run_chunk`: the plain vertex forward, the antisymmetry of the first
-affine layer, fused blocks).  Validation and the chunk loop are in :mod:`lcfast.api`,
+affine layer, fused blocks).  Validation is in :mod:`lcfast.request`, the chunk loop in :mod:`lcfast.api`,
 chunk sizing in :mod:`lcfast.engine.chunking`, identical for all backends.  Backends
 never import :mod:`lcfast.engine.reference` (the oracle).
 """

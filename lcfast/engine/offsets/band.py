@@ -36,7 +36,7 @@ import torch
 from ...tolerance import K, unit_roundoff
 from .tensor import OffsetTensor, from_pts, merge, split, to_pts
 
-__all__ = ["offsets_unit_roundoff", "abs_const", "producer_band", "point_band", "ambiguous_at", "with_band"]
+__all__ = ["offsets_unit_roundoff", "abs_const", "column_norms", "bn_band", "producer_band", "point_band", "ambiguous_at", "with_band"]
 
 
 def offsets_unit_roundoff(dtype: torch.dtype, tf32: bool) -> float:
@@ -50,12 +50,27 @@ def abs_const(x: OffsetTensor, t):
     storage and version like the offsets' cast weights; ``None`` stays ``None``."""
     if not isinstance(t, torch.Tensor):
         return None if t is None else abs(t)
-    key = ("abs", t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
-           t.dtype, t._version)
-    hit = x.ctx.cache.get(key)
-    if hit is None:
-        hit = x.ctx.cache[key] = t.detach().abs().to(x.c.dtype)
-    return hit
+    return x.ctx.derived(t, "abs", lambda w: w.detach().abs().to(x.c.dtype))
+
+
+def column_norms(x: OffsetTensor, w: torch.Tensor):
+    """``(F_out,)`` 2-norms of the columns of a constant ``(F_in, F_out)`` right operand
+    (a dense layer's weight rows), centre dtype, cached; ``None`` unless bands are
+    tracked."""
+    if not x.ctx.track_band:
+        return None
+    return x.ctx.derived(w, "colnorm", lambda t: torch.linalg.vector_norm(t.detach().to(x.c.dtype), dim=0))
+
+
+def bn_band(band: torch.Tensor, g: torch.Tensor, bias, mean: torch.Tensor) -> torch.Tensor:
+    """Batch norm's output band (an elementwise affine ``g (x - mean) + bias``, ``g``
+    per channel, broadcastable to ``band``): ``|g| band + K u (|g| |mean| + |bias|)``, the
+    tolerance rule's batch-norm scale."""
+    g = g.abs()
+    own = g * mean.to(band.dtype).abs().reshape(g.shape)
+    if bias is not None:
+        own = own + bias.to(band.dtype).abs().reshape(g.shape)
+    return band * g + own * (K * unit_roundoff(band.dtype))
 
 
 def _offset_bound(x: OffsetTensor) -> torch.Tensor:

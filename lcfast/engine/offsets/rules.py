@@ -13,9 +13,9 @@ import torch
 from . import nonlinear as nl
 from .nonlinear import RULES, rule as _rule
 from .layout import align_binary, norm_dim, out_layout, view_sizes
-from .band import abs_const, producer_band, with_band
+from .band import abs_const, bn_band, column_norms, producer_band
 from .tensor import Layout, OffsetTensor, OffsetsError, align, lift
-from ...tolerance import BATCH_NORM_WITH_TRAINING_FLAG, K as TOL_K, unit_roundoff
+from ...tolerance import BATCH_NORM_WITH_TRAINING_FLAG
 
 aten = torch.ops.aten
 __all__ = ["dispatch", "RULES"]
@@ -290,7 +290,7 @@ def _mm(func, args, kwargs):
     c = func(a.c if va else a, b.c if vb else b)
     k0 = b if va else a
     band = producer_band(x, (lambda t: func(t, abs_const(x, k0))) if va else (lambda t: func(abs_const(x, k0), t)),
-                         weight_norms=_column_norms(x, k0) if va and func is aten.mm.default else None)
+                         weight_norms=column_norms(x, k0) if va and func is aten.mm.default else None)
     da, ds = _weighted(x, (lambda t, kk: func(t, kk)) if va else (lambda t, kk: func(kk, t)), ctx.cast(k0))
     return _wrap(x, c, da, ds, func, band)
 
@@ -314,25 +314,11 @@ def _addmm(func, args, kwargs):
     def lin(t, kk):
         out = mm(t, kk) if x is a else mm(kk, t)
         return out if alpha == 1 else out * alpha
-    norms = _column_norms(x, k0) if x is a and func is aten.addmm.default else None
+    norms = column_norms(x, k0) if x is a and func is aten.addmm.default else None
     band = producer_band(x, lambda t: abs(alpha) * lin(t, abs_const(x, k0)), abs(beta) * abs_const(x, bias),
                          None if norms is None else abs(alpha) * norms)
     da, ds = _weighted(x, lin, ctx.cast(k0))
     return _wrap(x, c, da, ds, func, band)
-
-
-def _column_norms(x: OffsetTensor, w: torch.Tensor):
-    """``(F_out,)`` 2-norms of the columns of a constant ``(F_in, F_out)`` right operand
-    (a dense layer's weight rows), centre dtype, cached with the weight's other forms;
-    ``None`` unless bands are tracked."""
-    if not x.ctx.track_band:
-        return None
-    key = ("colnorm", w.untyped_storage().data_ptr(), w.storage_offset(), tuple(w.shape), tuple(w.stride()),
-           w._version)
-    hit = x.ctx.cache.get(key)
-    if hit is None:
-        hit = x.ctx.cache[key] = torch.linalg.vector_norm(w.detach().to(x.c.dtype), dim=0)
-    return hit
 
 
 def _like_centre(d, c, lay):
@@ -387,19 +373,11 @@ def _batch_norm(func, args, kwargs):
     out = func(x.c, *args[1:], **kwargs)
     scale = _bn_scale(weight, var, eps, x.a)
     a, s = _parts(x, lambda t: t * scale)
-    return (x.with_parts(out[0], a, s, band=_band(x, lambda t: _bn_band(t, weight, bias, mean, var, eps))),
+    return (x.with_parts(out[0], a, s, band=_band(x, lambda t: bn_band(t, _bn_scale(weight, var, eps, t), bias, mean))),
             *out[1:])
 
 
-def _bn_band(band, weight, bias, mean, var, eps):
-    """Batch norm's output band: an elementwise affine, ``|g| band + K u (|g| |mean| + |b|)``
-    (the tolerance rule's batch-norm scale), ``g`` the per-channel factor."""
-    g = _bn_scale(weight, var, eps, band).abs()
-    shape = g.shape
-    own = g * mean.to(band.dtype).abs().reshape(shape)
-    if bias is not None:
-        own = own + bias.to(band.dtype).abs().reshape(shape)
-    return band * g + own * (TOL_K * unit_roundoff(band.dtype))
+
 
 
 _POOL_SPATIAL = {}
@@ -510,5 +488,3 @@ def _dropout(func, args, kwargs):
         raise OffsetsError("dropout in training mode")
     x = args[0]
     return x, torch.ones(x.shape, dtype=torch.bool, device=x.device)
-
-

@@ -111,11 +111,16 @@ class OffsetContext:
         """A constant (weight, scale) in the offsets dtype; cached per storage/version."""
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dtype == self.dtype:
             return t
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+        return self.derived(t, "cast", lambda w: w.to(self.dtype))
+
+    def derived(self, t: torch.Tensor, tag: str, fn):
+        """``fn(t)`` of a constant ``t``, cached per ``tag``, storage and version (a weight's
+        cast, absolute value, row norms: computed once per chunk)."""
+        key = (tag, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
                t.dtype, t._version)
         hit = self.cache.get(key)
         if hit is None:
-            hit = self.cache[key] = t.to(self.dtype)
+            hit = self.cache[key] = fn(t)
         return hit
 
     def count_op(self, x: "OffsetTensor") -> None:
