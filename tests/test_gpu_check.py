@@ -52,8 +52,10 @@ def _session_pids(sid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def _wait_for(path: Path, pattern: str, deadline: float, proc) -> str:
-    while time.time() < deadline:
+def _wait_for(path: Path, pattern: str, polls: int, proc) -> str:
+    """Poll ``path`` for ``pattern`` every 0.5 s, at most ``polls`` times (a bound on the
+    wait, not a timing check), stopping early when ``proc`` exits."""
+    for _ in range(polls):
         text = path.read_text() if path.exists() else ""
         if re.search(pattern, text):
             return text
@@ -79,9 +81,9 @@ def test_killed_run_keeps_log_and_finished_results(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log = out / "gpu-cpu-smoke.log"
     try:
-        deadline = time.time() + 240  # bounded: the check step takes ~25 s at load 11 on 2 cores
-        _wait_for(log, r"END check rc=0", deadline, proc)
-        _wait_for(log, r"suite: mnist-mlp", deadline, proc)
+        polls = 480  # a 240 s bound on each wait: the check step takes ~25 s at load 11 on 2 cores
+        _wait_for(log, r"END check rc=0", polls, proc)
+        _wait_for(log, r"suite: mnist-mlp", polls, proc)
         time.sleep(1)
     finally:
         for pid in _session_pids(proc.pid):  # the script, tee, timeout (own group) and python

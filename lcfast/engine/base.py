@@ -87,6 +87,11 @@ def _set_tf32(flags):
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
+def cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of ``model`` in ``dtype`` (the user's model is never cast in place)."""
+    return copy.deepcopy(model).to(dtype)
+
+
 @contextlib.contextmanager
 def model_guard(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Iterator[nn.Module]:
     """Yield the model to measure: eval mode, compute dtype, no grad, TF32 off for
@@ -100,7 +105,7 @@ def model_guard(model: nn.Module, device: torch.device, dtype: torch.dtype) -> I
     try:
         target = model
         if _model_dtype(model) != dtype and any(True for _ in _floating_tensors(model)):
-            target = copy.deepcopy(model).to(dtype)
+            target = cast_copy(model, dtype)
         target.eval()
         if device.type == "cuda" and dtype == torch.float32:
             _set_tf32((False, False))

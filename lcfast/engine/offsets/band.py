@@ -36,7 +36,7 @@ import torch
 from ...tolerance import K, unit_roundoff
 from .tensor import OffsetTensor, from_pts, merge, split, to_pts
 
-__all__ = ["offsets_unit_roundoff", "abs_const", "column_norms", "bn_band", "producer_band", "point_band", "ambiguous_at", "with_band"]
+__all__ = ["offsets_unit_roundoff", "abs_const", "column_norms", "bn_band", "activation_band", "producer_band", "point_band", "ambiguous_at", "with_band"]
 
 
 def offsets_unit_roundoff(dtype: torch.dtype, tf32: bool) -> float:
@@ -71,6 +71,14 @@ def bn_band(band: torch.Tensor, g: torch.Tensor, bias, mean: torch.Tensor) -> to
     if bias is not None:
         own = own + bias.to(band.dtype).abs().reshape(g.shape)
     return band * g + own * (K * unit_roundoff(band.dtype))
+
+
+def activation_band(band, c_out: torch.Tensor, slope: float):
+    """A ReLU/LeakyReLU output's band: the input's (``|f'| <= max(1, |slope|)``) plus
+    ``K u |out|``, as the tolerance rule's ``L s(x) + |out|``; ``None`` stays ``None``."""
+    if band is None:
+        return None
+    return band * max(1.0, abs(slope)) + c_out.abs() * (K * unit_roundoff(c_out.dtype))
 
 
 def _offset_bound(x: OffsetTensor) -> torch.Tensor:

@@ -24,8 +24,7 @@ import math
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ...tolerance import K as TOL_K, unit_roundoff
-from .band import ambiguous_at, point_band, with_band
+from .band import activation_band, ambiguous_at, point_band, with_band
 from .layout import norm_dim, out_layout
 from .screen import DELTA, antisym_bound_pts, bound_pts, newly_broken, rebuild, values_at
 from .tensor import Layout, OffsetTensor, OffsetsError, from_pm, from_pts, merge, split, to_pts
@@ -110,7 +109,6 @@ def piecewise(x: OffsetTensor, slope: float, count: bool = False):
     becomes broken (reason ``crossing``, or ``centre_sign`` when its vertices agree with
     each other but not with the centre)."""
     ctx, lay = x.ctx, x.lay
-    b = lay.bdim + 2
     c, pt, f, cc, ss, aa, zp, zm, amb = _candidates(x)
     hit = _crossed_at(zp, zm)
     counts = torch.bincount(pt[hit], minlength=ctx.n) if count else None
@@ -144,11 +142,7 @@ def piecewise(x: OffsetTensor, slope: float, count: bool = False):
     else:
         a_vals = s_vals = aa[:0]
     out = rebuild(x, c_out, a_out4, e_out4, lay, pt, f, a_vals, s_vals)
-    # the output's band: the input's (|f'| <= max(1, |slope|)) plus the output's own
-    # magnitude, as the tolerance rule's ``L s(x) + |out|``
-    band = None if x.band is None else \
-        x.band * max(1.0, abs(slope)) + c_out.abs() * (TOL_K * unit_roundoff(c_out.dtype))
-    return with_band(out, band), counts, amb
+    return with_band(out, activation_band(x.band, c_out, slope)), counts, amb
 
 
 @rule(aten.relu.default)

@@ -1,7 +1,6 @@
 """Entry points of the offsets engine: one chunk, and a :class:`Backend`."""
 from __future__ import annotations
 
-import copy
 import math
 import weakref
 
@@ -10,7 +9,7 @@ import torch.nn as nn
 
 from ...sites import SiteSpec
 from ...tolerance import K
-from ..base import Backend, ChunkResult, model_device, model_guard, _model_dtype
+from ..base import Backend, ChunkResult, cast_copy, model_device, model_guard, _model_dtype
 from ..intercept import ModelCall
 from .band import offsets_unit_roundoff
 from .site import OffsetsSiteHandler, make_interceptor
@@ -66,7 +65,7 @@ class Float64Model:
         if _model_dtype(model) == torch.float64:
             return model
         if self._src is None or self._src() is not model:
-            self._copy = copy.deepcopy(model).to(torch.float64).eval()
+            self._copy = cast_copy(model, torch.float64).eval()
             self._src = weakref.ref(model)
         return self._copy
 
