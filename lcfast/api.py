@@ -17,7 +17,7 @@ from .engine.base import Backend, ChunkResult, merge_chunk_meta, model_device, m
 from .engine.chunking import ChunkPlan, FrameBlocks, SizeProbe
 from .engine.intercept import ModelCall, probe_layouts
 from .engine.layout_cache import cached_layouts
-from .frames import FRAMES_VERSION, random_frames, shared_frame
+from .frames import FRAMES_VERSION, FactoredFrames, factorable, factored_frames, random_frames, shared_frame
 from .neighborhood import vertices
 from .oom import is_out_of_memory, measure_halving
 from .request import _Request, _validate
@@ -224,10 +224,15 @@ def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, 
         # per-point frames drawn in blocks into one buffer for the call (issue 11 item 9)
         drawn = FrameBlocks(lambda ids: random_frames(S, P, request.seed, ids, device=device, dtype=dtype),
                             S, P, device, dtype)
+        # an engine that applies the frames' P x P factor after its first linear op gets them
+        # as factors: the N x P x D frame is never written (issue 10 item 5)
+        factored = all_dirs is None and dtype == torch.float32 and engine.factored_frames and factorable(S, P)
 
-        def frames(lo: int, hi: int) -> torch.Tensor:
+        def frames(lo: int, hi: int, dense: bool = False) -> torch.Tensor | FactoredFrames:
             if all_dirs is None:
-                return drawn(request.ids[lo:hi])
+                ids = request.ids[lo:hi]
+                f = factored_frames(S, P, request.seed, ids, device) if factored and not dense else None
+                return drawn(ids) if f is None else f
             return all_dirs if request.shared else all_dirs[lo:hi]
 
         def called(points: torch.Tensor) -> nn.Module:
@@ -258,7 +263,7 @@ def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, 
             return torch.zeros(0, len(names), dtype=torch.long), names, neurons, {}
         plain = request.forward is None and request.extra is None  # forward=/extra= callables: never cached
         spec, entry, cached = _with_layouts(lambda k: called(torch.zeros(k, dtype=torch.long)), spec,
-                                            request.x[:1].to(device=device, dtype=dtype), frames(0, 1),
+                                            request.x[:1].to(device=device, dtype=dtype), frames(0, 1, dense=True),
                                             request.radius, model, cache_for=request.model if plain else None)
         engine_meta["layout_probe"] = "cached" if cached else "run"
         # the chunk probe's bytes per row of an earlier call of this model and call (same cache

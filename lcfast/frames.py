@@ -23,8 +23,11 @@ correctly rounded IEEE operations with explicit fma, so they should give the sam
 
 The rows are then orthonormalised by CholeskyQR (:func:`orthonormal_rows`: float32
 Gram matrices and products, ``P x P`` Cholesky factors in float64; one pass when
-``D >= 32 P``, two otherwise): orthonormal to about 1e-6 (measured up to 1.35e-6 for
-3x224x224 x 25, 5.2e-7 for 784 x 25; tests/test_frames.py).  A frame is computed once
+``D >= 8 P``, two otherwise): orthonormal to about 1e-6 (measured up to 1.35e-6 for
+3x224x224 x 25, 5.2e-7 for 784 x 25; tests/test_frames.py).  With one pass a frame is
+``mix @ gauss`` (``P x P`` times the Gaussian rows), and :func:`factored_frames` hands
+out the two factors so that an engine whose first op is linear never writes the frame
+(``W V = mix (W gauss)``, :class:`FactoredFrames`).  A frame is computed once
 in float32 and cast, so every compute dtype sees the same directions; it depends on nothing but
 ``(seed, id)`` (no generator state, no chunk order).  On another device the Gaussians
 are the same and the orthonormalisation differs by rounding (~1e-7).
@@ -37,15 +40,16 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import NamedTuple
 
 import torch
 
 from . import _extension
 
-__all__ = ["FRAMES_VERSION", "frame_keys", "counter_normal", "counter_normal_torch", "gaussian_frames",
-           "orthonormal_rows", "random_frames", "shared_frame"]
+__all__ = ["FRAMES_VERSION", "FactoredFrames", "frame_keys", "counter_normal", "counter_normal_torch", "factorable",
+           "factored_frames", "gaussian_frames", "orthonormal_rows", "random_frames", "shared_frame"]
 
-FRAMES_VERSION = "lcfast-frames-2/splitmix64-counter/box-muller-f32/row-major/choleskyqr-f32"
+FRAMES_VERSION = "lcfast-frames-3/splitmix64-counter/box-muller-f32/row-major/choleskyqr-f32-1pass-from-8P"
 
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -157,18 +161,34 @@ def gaussian_frames(seed: int, ids, D: int, P: int, device=None) -> torch.Tensor
 # reach it, square ones (P = D) now and then do.
 _COND_LIMIT = 1e3
 # One CholeskyQR pass is enough when D >= _ONE_PASS * P: a Gaussian D x P matrix then
-# has cond ~ (1 + sqrt(P/D)) / (1 - sqrt(P/D)) <= 1.43 and one pass with a float32 Gram
-# matrix leaves Q Q^T - I at 5.8e-7 (1000 x 25 x 784) and 1.4e-6 (2 x 25 x 150528:
-# the float32 Gram's rounding grows with D; two passes measured 9.8e-7 there).  Closer
-# to square the error grows with cond^2 (17 x 17: 0.08 after one pass, 2.7e-7 after
-# two), so two passes.
-_ONE_PASS = 32
+# has cond ~ (1 + sqrt(P/D)) / (1 - sqrt(P/D)) <= 2.1, and one pass with a float32 Gram
+# matrix is as orthonormal as two.  Measured (max |Q Q^T - I|, seed 0, 2-core CPU,
+# 1 Dec 2026), one pass / two passes: 784 x 25 (1,000 points) 5.0e-7 / 5.1e-7, 400 x 25
+# 7.9e-7 / 7.0e-7, 200 x 25 5.2e-7 / 5.1e-7, 100 x 25 9.1e-7 / 6.4e-7, 784 x 50
+# 5.2e-7 / 5.3e-7, 3072 x 100 3.8e-7 / 3.6e-7, 3x224x224 x 25 7.5e-7 / 7.5e-7; one
+# pass differs from two by <= 9e-8 per entry at D >= 8 P.  Closer to square the error
+# grows with cond^2 (17 x 17: 0.08 after one pass, 2.7e-7 after two), so two passes.
+# (Until lcfast-frames-2 the limit was 32 P: MNIST's 784 x 25 took two passes.)
+_ONE_PASS = 8
+
+
+def _inverse_factor(q: torch.Tensor):
+    """``(T, gram, failed, ill)`` for rows ``q`` ``(B, P, D)``: ``T = L^-1`` ``(B, P, P)``
+    float64 with ``L L^T = q q^T`` (Cholesky; ``q q^T`` in ``q``'s dtype, then float64),
+    that Gram matrix ``(B, P, P)`` float64, and two ``(B,)`` bool: the points whose
+    factor failed, and those whose factor is too ill-conditioned (:data:`_COND_LIMIT`)."""
+    gram = (q @ q.mT).to(torch.float64)
+    L, info = torch.linalg.cholesky_ex(gram)
+    d = L.diagonal(dim1=-2, dim2=-1)
+    eye = torch.eye(q.shape[-2], dtype=torch.float64, device=q.device)
+    T = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
+    return T, gram, info != 0, d.amax(-1) > _COND_LIMIT * d.amin(-1)
 
 
 def orthonormal_rows(a: torch.Tensor) -> torch.Tensor:
     """Rows of ``a`` orthonormalised: ``Q^T`` of ``a^T = QR`` with ``diag(R) > 0``.
 
-    CholeskyQR (``L = chol(q q^T)``, ``q <- L^-1 q``), once when ``D >= 32 P`` and twice
+    CholeskyQR (``L = chol(q q^T)``, ``q <- L^-1 q``), once when ``D >= 8 P`` and twice
     otherwise (:data:`_ONE_PASS`; made for Gaussian rows), with the Gram matrix and the
     product in ``a``'s dtype and the ``P x P`` factor and its inverse in float64: batched
     matmuls only.  In float32 orthonormal to ~1e-6 (tests/test_frames.py).  A point
@@ -190,15 +210,11 @@ def orthonormal_rows(a: torch.Tensor) -> torch.Tensor:
     P, D = a.shape[-2:]
     flat = a.reshape(-1, P, D)
     q = flat
-    eye = torch.eye(P, dtype=torch.float64, device=a.device)
     bad = torch.zeros(flat.shape[0], dtype=torch.bool, device=a.device)
     for p in range(1 if D >= _ONE_PASS * P else 2):
-        L, info = torch.linalg.cholesky_ex((q @ q.mT).to(torch.float64))
-        bad |= info != 0
-        if p == 0:
-            d = L.diagonal(dim1=-2, dim2=-1)
-            bad |= d.amax(-1) > _COND_LIMIT * d.amin(-1)
-        q = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False).to(q.dtype) @ q
+        T, _, failed, ill = _inverse_factor(q)
+        bad |= (failed | ill) if p == 0 else failed
+        q = T.to(q.dtype) @ q
     if bool(bad.any()):
         idx = bad.nonzero().squeeze(1)
         qh, r = torch.linalg.qr(flat[idx].to(torch.float64).mT, mode="reduced")
@@ -206,6 +222,78 @@ def orthonormal_rows(a: torch.Tensor) -> torch.Tensor:
         sign = torch.where(sign == 0, torch.ones_like(sign), sign)
         q[idx] = (qh * sign.unsqueeze(-2)).mT.to(q.dtype)
     return q.reshape(a.shape)
+
+
+class FactoredFrames(NamedTuple):
+    """Per-point frames ``V = mix @ gauss`` kept as their two factors (issue 10 item 5:
+    when the model's first op on the points is linear, ``W V = mix (W gauss)`` and the
+    ``N x P x D`` frame is never written; :mod:`lcfast.engine.offsets`).
+    :meth:`dense` is, bit for bit, what :func:`random_frames` returns in float32.
+
+    Attributes:
+        gauss: ``(n, P, *S)`` float32, the Gaussian rows (:func:`gaussian_frames`).
+        mix: ``(n, P, P)`` float32, ``L^-1`` of the one CholeskyQR pass (lower triangular).
+        row_norms: ``(n, P)`` float64, ``||row p of mix @ gauss||`` in exact arithmetic
+            (``sqrt(diag(mix G mix^T))``, ``G`` the float32 rows' Gram matrix): 1 to ~1e-6.
+        mix_l1: ``(n, P)`` float64, ``sum_q |mix[p, q]| ||gauss_q||``: the scale of the
+            rounding of a product by ``mix`` (a bound on ``|mix| |W gauss|`` per unit ``||W||``).
+    """
+
+    gauss: torch.Tensor
+    mix: torch.Tensor
+    row_norms: torch.Tensor
+    mix_l1: torch.Tensor
+
+    @property
+    def n_dirs(self) -> int:
+        return self.gauss.shape[1]
+
+    def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``(n, P, *S)`` the frames in ``dtype`` (computed in float32, then cast)."""
+        g = self.gauss
+        q = self.mix @ g.reshape(g.shape[0], g.shape[1], -1)
+        return q.reshape(g.shape).to(dtype)
+
+    def select(self, idx: torch.Tensor) -> "FactoredFrames":
+        """The frames of points ``idx`` ``(k,)``."""
+        return FactoredFrames(*(t[idx.to(t.device)] for t in self))
+
+
+def factorable(shape, n_dirs: int) -> bool:
+    """Whether :func:`factored_frames` can give frames of this size (one CholeskyQR pass:
+    ``D >= 8 P``)."""
+    return math.prod(tuple(shape)) >= _ONE_PASS * int(n_dirs)
+
+
+def factored_frames(shape, n_dirs: int, seed: int, ids, device=None) -> FactoredFrames | None:
+    """The frames of :func:`random_frames` as factors ``mix @ gauss`` (:class:`FactoredFrames`).
+
+    Args:
+        shape, n_dirs, seed, ids, device: as :func:`random_frames`.
+
+    Returns:
+        :class:`FactoredFrames` (``(n, P, *S)`` Gaussians and ``(n, P, P)`` factors), or
+        ``None`` when one CholeskyQR pass is not enough (``D < 8 P``) or a point's Gram
+        matrix needs Householder QR (then use :func:`random_frames`).
+
+    Example:
+        >>> f = factored_frames((1, 28, 28), 25, 0, torch.arange(4))
+        >>> torch.equal(f.dense(), random_frames((1, 28, 28), 25, 0, torch.arange(4), dtype=torch.float32))
+        True
+    """
+    shape, D = _check(shape, n_dirs, seed)
+    P = int(n_dirs)
+    if not factorable(shape, P):
+        return None
+    g = gaussian_frames(int(seed), ids, D, P, device)
+    T, gram, failed, ill = _inverse_factor(g)
+    if bool((failed | ill).any()):
+        return None
+    mix = T.to(torch.float32)
+    m64 = mix.to(torch.float64)
+    norms = torch.einsum("npq,nqr,npr->np", m64, gram, m64).clamp_min(0).sqrt()
+    l1 = m64.abs() @ gram.diagonal(dim1=-2, dim2=-1).sqrt().unsqueeze(-1)
+    return FactoredFrames(g.reshape(g.shape[0], P, *shape), mix, norms, l1[..., 0])
 
 
 def _check(shape, n_dirs, seed) -> tuple[tuple, int]:

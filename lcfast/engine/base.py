@@ -45,6 +45,9 @@ class Backend:
     """
 
     name = "base"
+    #: :meth:`run_chunk` also takes per-point frames as :class:`lcfast.frames.FactoredFrames`
+    #: (``directions``); others get them multiplied out (:class:`lcfast.engine.policy.FallbackEngine`).
+    factored_frames = False
 
     @classmethod
     def unavailable(cls, device: torch.device) -> str | None:

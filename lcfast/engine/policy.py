@@ -26,6 +26,7 @@ import warnings
 import torch
 
 from . import BACKENDS, get_backend, why_unavailable
+from ..frames import FactoredFrames
 from ..oom import is_out_of_memory
 from .base import Backend, ChunkResult
 
@@ -100,6 +101,19 @@ class FallbackEngine:
         return self._engine.name
 
     @property
+    def factored_frames(self) -> bool:
+        """Whether the current backend takes :class:`lcfast.frames.FactoredFrames`."""
+        return self._engine.factored_frames
+
+    def _call(self, args, kwargs) -> ChunkResult:
+        """The current backend's ``run_chunk``, factored frames multiplied out for a backend
+        that does not take them (the first chunk may have been planned for another)."""
+        if not self._engine.factored_frames:
+            args = tuple(a.dense(a.gauss.dtype) if isinstance(a, FactoredFrames) else a for a in args)
+            kwargs = {k: (v.dense(v.gauss.dtype) if isinstance(v, FactoredFrames) else v) for k, v in kwargs.items()}
+        return self._engine.run_chunk(*args, **kwargs)
+
+    @property
     def meta(self) -> dict:
         """``{"fallback": [...]}`` when a fallback happened, else ``{}`` (for LCResult.meta)."""
         return {"fallback": list(self.fallbacks)} if self.fallbacks else {}
@@ -108,10 +122,10 @@ class FallbackEngine:
         """:meth:`Backend.run_chunk` of the current backend; on the first chunk, a failure
         moves to the next backend (with a ``RuntimeWarning``) and re-runs the chunk."""
         if self._first_done:
-            return self._engine.run_chunk(*args, **kwargs)
+            return self._call(args, kwargs)
         while True:
             try:
-                res = self._engine.run_chunk(*args, **kwargs)
+                res = self._call(args, kwargs)
             except Exception as e:
                 if is_out_of_memory(e):  # not a compile/launch failure: the chunk loop halves the chunk
                     raise

@@ -93,6 +93,8 @@ def _row_norm_bound(x: OffsetTensor) -> torch.Tensor:
     """``(N, 1)``: ``max_p ||a_p||_2`` per point of a 2-d antisymmetric ``x`` (batch in
     dimension 0), centre dtype; the pending radius applied to the ``N`` values only."""
     raw, scale = x.raw_a()
+    if not isinstance(scale, (int, float)):  # a pending RowMix: its rows' norms, plus the mix's own rounding scale
+        return (scale.norms + scale.l1).unsqueeze(1)
     n, R, P = x.ctx.n, x.ctx.R, x.ctx.P
     norms = torch.linalg.vector_norm(raw, dim=1).reshape(n, R)[:, :P].amax(1, keepdim=True).to(x.c.dtype)
     return norms if scale == 1.0 else norms * scale

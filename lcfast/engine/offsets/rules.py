@@ -14,7 +14,7 @@ from . import nonlinear as nl
 from .nonlinear import RULES, rule as _rule
 from .layout import align_binary, norm_dim, out_layout, view_sizes
 from .band import abs_const, bn_band, column_norms, producer_band
-from .tensor import Layout, OffsetTensor, OffsetsError, align, lift
+from .tensor import Layout, OffsetTensor, OffsetsError, RowMix, align, lift, mix_rows
 from ...tolerance import BATCH_NORM_WITH_TRAINING_FLAG
 
 aten = torch.ops.aten
@@ -74,15 +74,26 @@ def _both(x, fn, lay: Layout, band_fn=None):
     return x.with_parts(fn(x.c), fn(a), None if x.s is None else fn(x.s), lay, scale, _band(x, band_fn or fn))
 
 
-def _weighted(x, fn, k):
+def _weighted(x, fn, k, c_out=None):
     """A linear ``fn(t, k)`` with a constant operand ``k`` (no bias) applied to both
     offset parts, the pending offset scale folded into ``k`` (a weight is far smaller
-    than the input's ``N * P`` offset rows)."""
+    than the input's ``N * P`` offset rows).  A pending :class:`RowMix` is applied to the
+    output instead of the input when the op keeps ``x``'s layout (``c_out``, its centre,
+    given) and its output is no larger (the first dense layer: ``W V = mix (W gauss)``,
+    :class:`lcfast.frames.FactoredFrames`); else to the input first."""
     x.ctx.count_op(x)
     a, scale = x.raw_a()
-    ka = k if scale == 1.0 else k * scale
+    if isinstance(scale, RowMix):
+        after = c_out is not None and c_out.numel() <= x.c.numel()
+        if not after:
+            a, scale = x.a, 1.0
+    ka = k if isinstance(scale, RowMix) or scale == 1.0 else k * scale
     with x.ctx.offset_math(a.device):
-        return fn(a, ka), (None if x.s is None else fn(x.s, k))
+        da = fn(a, ka)
+        if isinstance(scale, RowMix):
+            da = mix_rows(da, x.lay, x.ctx.n, scale.t)
+            x.ctx.frames_mix = "output of the first linear op"
+        return da, (None if x.s is None else fn(x.s, k))
 
 
 def _parts(x, fn, count=True):
@@ -291,7 +302,8 @@ def _mm(func, args, kwargs):
     k0 = b if va else a
     band = producer_band(x, (lambda t: func(t, abs_const(x, k0))) if va else (lambda t: func(abs_const(x, k0), t)),
                          weight_norms=column_norms(x, k0) if va and func is aten.mm.default else None)
-    da, ds = _weighted(x, (lambda t, kk: func(t, kk)) if va else (lambda t, kk: func(kk, t)), ctx.cast(k0))
+    da, ds = _weighted(x, (lambda t, kk: func(t, kk)) if va else (lambda t, kk: func(kk, t)), ctx.cast(k0),
+                       c if va else None)
     return _wrap(x, c, da, ds, func, band)
 
 
@@ -317,7 +329,7 @@ def _addmm(func, args, kwargs):
     norms = column_norms(x, k0) if x is a and func is aten.addmm.default else None
     band = producer_band(x, lambda t: abs(alpha) * lin(t, abs_const(x, k0)), abs(beta) * abs_const(x, bias),
                          None if norms is None else abs(alpha) * norms)
-    da, ds = _weighted(x, lin, ctx.cast(k0))
+    da, ds = _weighted(x, lin, ctx.cast(k0), c if x is a else None)
     return _wrap(x, c, da, ds, func, band)
 
 
@@ -345,7 +357,7 @@ def _conv(func, args, kwargs):
     c = func(x.c, w, bias, *args[3:], **kwargs)
     band = producer_band(x, lambda t: func(t, abs_const(x, w), None, *args[3:], **kwargs),
                          None if bias is None else abs_const(x, bias).reshape(1, -1, *([1] * (c.dim() - 2))))
-    da, ds = _weighted(x, lambda t, wk: func(t, wk, None, *args[3:], **kwargs), ctx.cast(w))
+    da, ds = _weighted(x, lambda t, wk: func(t, wk, None, *args[3:], **kwargs), ctx.cast(w), c)
     return _wrap(x, c, da, ds, func, band)
 
 

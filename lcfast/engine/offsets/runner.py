@@ -7,13 +7,14 @@ import weakref
 import torch
 import torch.nn as nn
 
+from ...frames import FactoredFrames
 from ...sites import SiteSpec
 from ...tolerance import K
 from ..base import Backend, ChunkResult, cast_copy, model_device, model_guard, _model_dtype
 from ..intercept import ModelCall
 from .band import offsets_unit_roundoff
 from .site import OffsetsSiteHandler, make_interceptor
-from .tensor import Layout, OffsetContext, OffsetTensor, rows_per_point
+from .tensor import Layout, OffsetContext, OffsetTensor, RowMix, rows_per_point
 
 __all__ = ["OffsetsBackend", "OffsetsChunkResult", "offsets_local_complexity", "run_offsets", "run_offsets_radii"]
 
@@ -36,9 +37,20 @@ def input_tensor(x: torch.Tensor, directions: torch.Tensor, radius: float, dtype
     stored twice when ``P = 1``).  When the directions are already in the centre and
     offsets dtype, ``r`` stays a pending scale (:attr:`OffsetTensor.scale`) that the
     first linear op folds into its weight: no ``N * P * D`` multiply (MNIST MLP, 1,000
-    points, P = 25, one thread: 161 ms of a 1.04 s call, profiled)."""
+    points, P = 25, one thread: 161 ms of a 1.04 s call, profiled).  Frames given as
+    :class:`lcfast.frames.FactoredFrames` (float32 centre and offsets, ``P >= 2``) enter
+    as their Gaussian rows with the mix pending (:class:`RowMix`); otherwise they are
+    multiplied out here."""
     n = x.shape[0]
     S = x.shape[1:]
+    if isinstance(directions, FactoredFrames):
+        if ctx.R == ctx.P and x.dtype == dtype == torch.float32:
+            # frames as factors: the first linear op applies ``r * mix`` to its output (RowMix)
+            f = directions
+            mix = RowMix((f.mix * float(radius)).to(dtype), (f.row_norms.amax(1) * radius).to(x.dtype),
+                         (f.mix_l1.amax(1) * radius).to(x.dtype))
+            return OffsetTensor(x, f.gauss.reshape(-1, *S).to(dtype), None, None, Layout(0), ctx, scale=mix)
+        directions = directions.dense()
     if directions.dim() == x.dim():  # shared (P, *S)
         directions = directions.unsqueeze(0).expand(n, *directions.shape)
     if ctx.R == ctx.P and directions.dtype == x.dtype == dtype:
@@ -99,7 +111,7 @@ def run_offsets(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, rad
     Args:
         model: the model, as measured (its dtype is the centre dtype).
         x: ``(n, *S)`` centres, in the model's dtype.
-        directions: ``(n, P, *S)`` or ``(P, *S)``.
+        directions: ``(n, P, *S)`` or ``(P, *S)``, or :class:`lcfast.frames.FactoredFrames`.
         radius: ``r``.
         spec: resolved sites.
         dtype: offsets dtype.
@@ -116,7 +128,8 @@ def run_offsets(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, rad
         :class:`OffsetsChunkResult`, counts ``(n, L)``.
     """
     n = x.shape[0]
-    P = directions.shape[-x.dim()]
+    factored = isinstance(directions, FactoredFrames)
+    P = directions.n_dirs if factored else directions.shape[-x.dim()]
     on_cuda_tf32 = tf32 and x.device.type == "cuda"
     ctx = OffsetContext(n, P, dtype, tf32=tf32, track_band=accuracy or certify is not None,
                         u_offsets=offsets_unit_roundoff(dtype, on_cuda_tf32))
@@ -133,7 +146,10 @@ def run_offsets(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, rad
             idx = torch.nonzero(flagged).flatten().to(x.device)
             report["certified_recomputed"] = int(idx.numel())
             if idx.numel():
-                d = directions if directions.dim() == x.dim() else directions[idx]
+                if factored:
+                    d = directions.select(idx).dense()
+                else:
+                    d = directions if directions.dim() == x.dim() else directions[idx]
                 exact = run_offsets(certify(model), x[idx].to(torch.float64), d.to(torch.float64), radius, spec,
                                     torch.float64, accuracy=False)
                 counts = counts.clone()
@@ -150,6 +166,7 @@ def run_offsets(model: nn.Module, x: torch.Tensor, directions: torch.Tensor, rad
         breaks=dict(ctx.breaks),
         first_break_op=ctx.first_break.tolist(),
         offset_ops=ctx.ops,
+        **({"frames_mix": ctx.frames_mix or "unused"} if factored else {}),
         **report,
     )
     return OffsetsChunkResult(counts, res.names, res.neurons, meta)
@@ -171,6 +188,8 @@ def run_offsets_radii(model: nn.Module, x: torch.Tensor, directions: torch.Tenso
     """
     radii = [float(r) for r in radii]
     r0 = max(radii)
+    if isinstance(directions, FactoredFrames):
+        directions = directions.dense()
     handler = OffsetsSiteHandler(scales=[r / r0 for r in radii])
     # no accuracy report: the band of the one pass would describe r0 only
     base = run_offsets(model, x, directions, r0, spec, dtype, handler, tf32, accuracy=False)
@@ -274,6 +293,7 @@ class OffsetsBackend(Backend):
     ``certified``: points the rounding band cannot resolve are recomputed in float64."""
 
     name = "offsets"
+    factored_frames = True
 
     def __init__(self, dtype: torch.dtype | None = None, tf32: bool = False, certified: bool = False):
         self.dtype, self.tf32 = dtype, tf32

@@ -38,7 +38,8 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["Layout", "OffsetContext", "OffsetTensor", "OffsetsError", "split", "merge", "lift", "to_pts", "from_pts"]
+__all__ = ["Layout", "OffsetContext", "OffsetTensor", "OffsetsError", "RowMix", "split", "merge", "lift", "to_pts",
+           "from_pts", "mix_rows"]
 
 
 class OffsetsError(RuntimeError):
@@ -51,6 +52,25 @@ class Layout(NamedTuple):
     bdim: int
     outer: int = 1
     inner: int = 1
+
+
+class RowMix(NamedTuple):
+    """A pending per-point mix of the input's offset rows (frames drawn as
+    :class:`lcfast.frames.FactoredFrames`): the antisymmetric part is ``a_p = sum_q
+    t[n, p, q] raw_q``, not yet multiplied out.  It commutes with every linear op, so
+    the first dense layer or convolution applies it to its (smaller) output instead of
+    the ``N x P x D`` input (:func:`lcfast.engine.offsets.rules._weighted`).
+
+    Attributes:
+        t: ``(N, R, R)`` the mix (radius folded in), offsets dtype.
+        norms: ``(N,)`` centre dtype, ``max_p ||a_p||`` (the band's Cauchy-Schwarz scale).
+        l1: ``(N,)`` centre dtype, ``max_p sum_q |t[p, q]| ||raw_q||``: the scale of the
+            mix's own rounding (:func:`lcfast.engine.offsets.band.producer_band`).
+    """
+
+    t: torch.Tensor
+    norms: torch.Tensor
+    l1: torch.Tensor
 
 
 class OffsetContext:
@@ -85,6 +105,9 @@ class OffsetContext:
         self.ops = 0
         self.row_work = 0.0
         self.symmetric = {"low_rank_ops": 0, "dense_ops": 0}
+        #: where a pending :class:`RowMix` (factored frames) was applied: ``"input"`` or
+        #: ``"output of the first linear op"`` (``None``: none was pending)
+        self.frames_mix: str | None = None
         self._blocks = 0
 
     def new_block(self) -> int:
@@ -172,6 +195,17 @@ def from_pts(tp: torch.Tensor, shape4, b: int) -> torch.Tensor:
     return tp.reshape(tp.shape[0], tp.shape[1], *other).movedim((0, 1), (b + 1, b + 2))
 
 
+def mix_rows(raw: torch.Tensor, lay: Layout, n: int, t: torch.Tensor) -> torch.Tensor:
+    """``out_p = sum_q t[n, p, q] raw_q`` for every point: ``raw`` merged form (``R``
+    rows per point, layout ``lay``), ``t`` ``(n, R, R)``; in ``raw``'s dtype, or float32
+    when that is narrower (then cast back)."""
+    R = t.shape[-1]
+    r4 = split(raw, lay, n, R)
+    work = torch.promote_types(raw.dtype, torch.float32)
+    out = torch.bmm(t.to(work), to_pts(r4, lay.bdim).to(work)).to(raw.dtype)
+    return merge(from_pts(out, r4.shape, lay.bdim), lay.bdim)
+
+
 class OffsetTensor(torch.Tensor):
     """Centre ``c``, antisymmetric part ``a`` and symmetric part ``s`` (points ``bidx``)
     of ``N`` points, seen by the model as the ``N * 2P``-vertex batch (module docstring).
@@ -215,14 +249,18 @@ class OffsetTensor(torch.Tensor):
     @property
     def a(self) -> torch.Tensor:
         """The antisymmetric part; a pending scale (the radius, while the input's offsets
-        are still the unscaled directions) is applied on first use."""
-        if self.scale != 1.0:
+        are still the unscaled directions) or :class:`RowMix` is applied on first use."""
+        if isinstance(self.scale, RowMix):
+            self._a, self.scale = mix_rows(self._a, self.lay, self.ctx.n, self.scale.t), 1.0
+            self.ctx.frames_mix = self.ctx.frames_mix or "input"
+        elif self.scale != 1.0:
             self._a, self.scale = self._a * self.scale, 1.0
         return self._a
 
     def raw_a(self):
         """``(a_unscaled, scale)``: for a linear op that folds the scale into its weight
-        (``W (r V) = (r W) V``: the radius never touches the ``N * P * D`` input offsets)."""
+        (``W (r V) = (r W) V``: the radius never touches the ``N * P * D`` input offsets);
+        ``scale`` is a float or a :class:`RowMix`."""
         return self._a, self.scale
 
     def assign(self, other: "OffsetTensor") -> "OffsetTensor":
