@@ -149,3 +149,16 @@ def test_cli_certified(tmp_path, capsys):
     rc = main(["--model", "mnist-mlp", "--data", "random", "--points", "3", "--dirs", "4", "--backend", "native",
                "--certified", "--out", str(tmp_path / "n.json"), "--no-progress"])
     assert rc == 2 and "certified=True" in capsys.readouterr().err
+
+
+def test_checkpoint_fingerprint_keeps_certified_apart():
+    """A checkpoint of a certified measurement is not resumed by a plain one, and
+    certified=False (the default) leaves the settings as before the option existed."""
+    from lcfast.fingerprint import measurement_fingerprint
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU())
+    x = torch.randn(3, 4)
+    plain = measurement_fingerprint(model, x, {"radius": 0.1})
+    assert measurement_fingerprint(model, x, {"radius": 0.1, "certified": False}) == plain
+    assert "certified" not in json.loads(plain["settings"])
+    cert = measurement_fingerprint(model, x, {"radius": 0.1, "certified": True})
+    assert json.loads(cert["settings"])["certified"] is True and cert["settings"] != plain["settings"]
