@@ -105,7 +105,8 @@ def _measure(args) -> int:
         dtype = getattr(torch, args.dtype) if args.dtype else None
         kw = dict(radius=args.radius, n_dirs=args.dirs, seed=args.seed, backend=args.backend, dtype=dtype,
                   chunk_size=args.chunk_size, certified=args.certified, block_size=args.block_size,
-                  workers=args.workers, progress=rank == 0 and not args.no_progress, forward=_forward_from(args.forward))
+                  workers=args.workers, progress=rank == 0 and not args.no_progress,
+                  forward=_forward_from(args.forward))
         init = f"weights from {args.weights}" if args.weights else f"random init under torch.manual_seed({args.seed})"
         if args.checkpoints:
             return _measure_series(args, model, data, described, kw, rank)
@@ -119,7 +120,8 @@ def _measure(args) -> int:
         print(f"model {args.model}: {init}; points: {described}")
         print(res.summary())
         print(f"backend={res.meta['backend']} device={res.meta['device']} dtype={res.meta['dtype']} "
-              f"{'certified ' if res.meta.get('certified') else ''}processes={world} x {torch.get_num_threads()} threads, LC time {seconds:.2f}s (with loading)")
+              f"{'certified ' if res.meta.get('certified') else ''}processes={world} x "
+              f"{torch.get_num_threads()} threads, LC time {seconds:.2f}s (with loading)")
         res.save(args.out)
         png = args.plot or os.path.splitext(args.out)[0] + ".png"
         plot_sites(res, png)

@@ -146,8 +146,8 @@ def test_cli_certified(tmp_path, capsys):
     meta = json.loads(out.read_text())["meta"]
     assert meta["certified"] is True and meta["backend"] == "offsets" and meta["certified_recomputed"] >= 0
     assert "certified" in capsys.readouterr().out
-    rc = main(["--model", "mnist-mlp", "--data", "random", "--points", "3", "--dirs", "4", "--backend", "native",
-               "--certified", "--out", str(tmp_path / "n.json"), "--no-progress"])
+    rc = main(["--model", "mnist-mlp", "--data", "random", "--points", "3", "--dirs", "4", "--backend",
+               "native", "--certified", "--out", str(tmp_path / "n.json"), "--no-progress"])
     assert rc == 2 and "certified=True" in capsys.readouterr().err
 
 
