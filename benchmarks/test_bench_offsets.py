@@ -132,32 +132,41 @@ def test_frames_bench(benchmark, method, monkeypatch):
 # ---------------------------------------------------------------------------
 
 
-def accuracy_table(radii=(1e-4, 1e-3, 5e-3)) -> str:
+def accuracy_table(radii=(1e-4, 1e-3, 5e-3), models=None) -> str:
     """Markdown table: total LC of float64, and per offsets dtype / naive push the total
-    and its error against float64 (on the models of tests/test_offsets_lowp.py)."""
+    and its error against float64 (on the models of tests/test_offsets_lowp.py); the
+    certified bf16 cell adds the points recomputed in float64 (FAIL: a point's counts
+    differ from float64's; the other cells: outside the low-precision criterion).
+    ``models``: a subset of those models (default all)."""
     from lcfast.testing import float64_oracle
     from lcfast.testing import low_precision_criterion as within
     from test_offsets_lowp import CASES, _oracle
 
     cols = [("offsets f32", "off", torch.float32), ("offsets bf16", "off", torch.bfloat16),
             ("offsets f16", "off", torch.float16), ("naive f32", "ref", torch.float32),
-            ("naive bf16", "ref", torch.bfloat16)]
+            ("naive bf16", "ref", torch.bfloat16), ("certified bf16", "cert", torch.bfloat16)]
     lines = ["| model | r | float64 | " + " | ".join(c[0] for c in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
-    for name in CASES:
+    for name in models or CASES:
         model, x, dirs = _oracle(name)
         for r in radii:
             ref = float64_oracle(model, x, radius=r, directions=dirs, dtype=torch.float64).counts
             cells = []
             for _, kind, dt in cols:
+                extra = ""
                 if kind == "off":
                     got = offsets_local_complexity(model, x, radius=r, directions=dirs, dtype=dt).counts
+                    ok = within(got, ref) is None
+                elif kind == "cert":  # certified: every point's counts equal float64's, points recomputed
+                    res = offsets_local_complexity(model, x, radius=r, directions=dirs, dtype=dt, certified=True)
+                    got, ok = res.counts, torch.equal(res.counts, ref)
+                    extra = f"; {res.meta['certified_recomputed']} pts"
                 else:
                     with naive_low_precision():  # the naive push is refused outside this block
                         got = lcfast.local_complexity(model, x, radius=r, directions=dirs, backend="reference",
                                                       dtype=dt).counts
-                ok = within(got, ref) is None
-                cells.append(f"{int(got.sum())} ({int(got.sum()) - int(ref.sum()):+d}{'' if ok else ', FAIL'})")
+                    ok = within(got, ref) is None
+                cells.append(f"{int(got.sum())} ({int(got.sum()) - int(ref.sum()):+d}{extra}{'' if ok else ', FAIL'})")
             lines.append(f"| {name} (N={x.shape[0]}, P={dirs.shape[1]}) | {r:g} | {int(ref.sum())} | "
                          + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
@@ -201,5 +210,7 @@ if __name__ == "__main__":
         print(f"load at end: {_load()}")
     if "--accuracy" in sys.argv:
         print(f"load at start: {_load()}")
-        print(accuracy_table())
+        # --models mlp,cnn: a subset of tests/test_offsets_lowp.py's models (default all)
+        names = sys.argv[sys.argv.index("--models") + 1].split(",") if "--models" in sys.argv else None
+        print(accuracy_table(models=names))
         print(f"load at end: {_load()}")

@@ -65,6 +65,9 @@ def _add_measure(sub):
                    help="seed of the model's random init, of random points and of the frames (default 0)")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "native", "triton"])
     p.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"])
+    p.add_argument("--certified", action="store_true",
+                   help="counts equal to float64's: the offsets engine, its points within its own rounding band "
+                        "recomputed in float64 (with --backend auto; see lcfast.local_complexity)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--chunk-size", type=int, default=None)
     p.add_argument("--out", default="result.json", help="JSON output (default result.json)")
@@ -101,8 +104,9 @@ def _measure(args) -> int:
         data, described = _points(args)
         dtype = getattr(torch, args.dtype) if args.dtype else None
         kw = dict(radius=args.radius, n_dirs=args.dirs, seed=args.seed, backend=args.backend, dtype=dtype,
-                  chunk_size=args.chunk_size, block_size=args.block_size, workers=args.workers,
-                  progress=rank == 0 and not args.no_progress, forward=_forward_from(args.forward))
+                  chunk_size=args.chunk_size, certified=args.certified, block_size=args.block_size,
+                  workers=args.workers, progress=rank == 0 and not args.no_progress,
+                  forward=_forward_from(args.forward))
         init = f"weights from {args.weights}" if args.weights else f"random init under torch.manual_seed({args.seed})"
         if args.checkpoints:
             return _measure_series(args, model, data, described, kw, rank)
@@ -116,7 +120,8 @@ def _measure(args) -> int:
         print(f"model {args.model}: {init}; points: {described}")
         print(res.summary())
         print(f"backend={res.meta['backend']} device={res.meta['device']} dtype={res.meta['dtype']} "
-              f"processes={world} x {torch.get_num_threads()} threads, LC time {seconds:.2f}s (with loading)")
+              f"{'certified ' if res.meta.get('certified') else ''}processes={world} x "
+              f"{torch.get_num_threads()} threads, LC time {seconds:.2f}s (with loading)")
         res.save(args.out)
         png = args.plot or os.path.splitext(args.out)[0] + ".png"
         plot_sites(res, png)

@@ -42,6 +42,7 @@ class _Request:
     compiled: bool
     forward: Callable | None = None
     extra: dict | None = None  # {name: (N, ...) tensor or any value}
+    certified: bool = False  # the offsets engine, its unresolved points recomputed in float64
 
     @property
     def N(self) -> int:
@@ -53,7 +54,7 @@ class _Request:
 
 
 def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, dtype, chunk_size,
-              shared_directions, check_directions, forward=None, extra=None) -> _Request:
+              shared_directions, check_directions, forward=None, extra=None, certified=False) -> _Request:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     compiled = False
@@ -113,9 +114,31 @@ def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, d
         shared = bool(shared_directions)
     if forward is not None and not callable(forward):
         raise TypeError(f"forward must be a callable (model, batch, **extra) -> output, got {forward!r}")
+    _check_certified(certified, backend, forward, extra)
     return _Request(model=model, x=x, radius=float(radius), seed=int(seed), ids=ids_t, directions=directions,
                     shared=shared, P=P, sites=sites, backend=backend, dtype=dtype, chunk_size=chunk_size,
-                    compiled=compiled, forward=forward, extra=_checked_extra(extra, N))
+                    compiled=compiled, forward=forward, extra=_checked_extra(extra, N), certified=certified)
+
+
+#: Backends ``certified=True`` runs on: it is a mode of the offsets engine, and ``"auto"``
+#: then routes to it (lcfast.api._plan).
+CERTIFIED_BACKENDS = ("auto", "offsets")
+
+
+def _check_certified(certified, backend: str, forward, extra) -> None:
+    """``certified`` is a bool; ``True`` needs the offsets engine and no ``forward=``/``extra=``
+    (its float64 recomputation of a chunk's flagged points calls the model directly).
+    ValueError throughout, as :func:`lcfast.engine.offsets.offsets_local_complexity` raises."""
+    if not isinstance(certified, bool):
+        raise ValueError(f"certified must be a bool, got {certified!r}")
+    if not certified:
+        return
+    if backend not in CERTIFIED_BACKENDS:
+        raise ValueError(f"certified=True is a mode of the offsets engine: it needs backend='offsets' or 'auto', "
+                         f"got backend={backend!r}")
+    if forward is not None or extra is not None:
+        raise ValueError("certified=True does not support forward=/extra= (the float64 recomputation of a "
+                         "chunk's flagged points calls the model without them)")
 
 
 def _checked_extra(extra, N: int) -> dict | None:
