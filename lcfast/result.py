@@ -196,4 +196,25 @@ class LCResult:
             if p.sites != first.sites or p.radius != first.radius or p.n_dirs != first.n_dirs:
                 raise ValueError("parts: results measured with different sites, radius or n_dirs")
         return LCResult(torch.cat([p.counts for p in parts]), first.sites, first.neurons,
-                        torch.cat([p.ids for p in parts]), first.radius, first.n_dirs, dict(first.meta))
+                        torch.cat([p.ids for p in parts]), first.radius, first.n_dirs, _concat_meta(parts))
+
+
+#: ints in ``LCResult.meta`` that are settings of the call, not counts over its points
+#: (kept from the first part by :meth:`LCResult.concat`)
+_SETTING_INTS = ("seed", "chunk_size_after_oom")
+
+
+def _concat_meta(parts: list[LCResult]) -> dict:
+    """The meta of joined parts: the engines' reports over points (ambiguous neurons,
+    recomputed points, breaks, rows per point, ...) merged by the chunk rules of
+    :func:`lcfast.engine.base.merge_chunk_meta` (counts summed, per-point figures
+    averaged), ``seconds`` summed, everything else from the first part."""
+    from .engine.base import merge_chunk_meta
+    acc: dict = {}
+    for p in parts:
+        merge_chunk_meta(acc, {k: v for k, v in p.meta.items() if k not in _SETTING_INTS}, p.counts.shape[0])
+    acc.pop("_points", None)
+    meta = {**parts[0].meta, **acc}
+    if all(isinstance(p.meta.get("seconds"), (int, float)) for p in parts):
+        meta["seconds"] = sum(p.meta["seconds"] for p in parts)
+    return meta

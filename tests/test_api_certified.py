@@ -162,3 +162,19 @@ def test_checkpoint_fingerprint_keeps_certified_apart():
     assert "certified" not in json.loads(plain["settings"])
     cert = measurement_fingerprint(model, x, {"radius": 0.1, "certified": True})
     assert json.loads(cert["settings"])["certified"] is True and cert["settings"] != plain["settings"]
+
+
+def test_measure_dataset_blocks_sum_the_report():
+    """Blocks of measure_dataset join into one result whose report covers every block
+    (LCResult.concat merges the engines' per-point reports; the seed stays the seed)."""
+    from lcfast.scale import measure_dataset
+    model, x, _ = _oracle("mlp")
+    kw = dict(radius=1e-3, n_dirs=4, seed=3, backend="offsets", dtype=torch.bfloat16, certified=True)
+    whole = lcfast.local_complexity(model, x, **kw)
+    blocks = measure_dataset(model, x, block_size=3, **kw)
+    assert torch.equal(blocks.counts, whole.counts)
+    for key in ("certified_recomputed", "ambiguous_points", "ambiguous_neurons", "antisymmetric_points"):
+        assert blocks.meta[key] == whole.meta[key], key
+    assert blocks.meta["ambiguous_per_site"] == whole.meta["ambiguous_per_site"]
+    assert blocks.meta["certified_recomputed"] > 0 and blocks.meta["seed"] == 3
+    assert abs(blocks.meta["rows_per_point"] - whole.meta["rows_per_point"]) < 1e-9
