@@ -8,10 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
 
 import lcfast
 import zoo
 from lcfast.engine.offsets import OffsetsBackend
+from lcfast.engine.offsets.tensor import Layout, OffsetContext, OffsetTensor, RowMix
 from lcfast.frames import FactoredFrames, factorable, factored_frames, random_frames
 from lcfast.testing import assert_counts_match, float64_oracle
 
@@ -101,3 +104,33 @@ def test_factors_not_used_where_they_do_not_apply():
                                                        shared_directions=True).meta
     assert "frames_mix" not in lcfast.local_complexity(model, x, n_dirs=8, backend="offsets").meta  # 40 < 8 * 8
     assert lcfast.local_complexity(model, x, n_dirs=4, backend="offsets").meta["frames_mix"] != "unused"
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 3), P=st.integers(2, 5), f_in=st.integers(1, 9), f_out=st.integers(1, 9),
+       first=st.sampled_from(["linear", "relu", "view"]), seed=st.integers(0, 2**31 - 1))
+def test_pending_mix_rule_equals_vertices(n, P, f_in, f_out, first, seed):
+    """Property (the offset rules' own test, tests/test_offsets_rules.py): a pending
+    RowMix on the input, through a first op that applies it after (a narrowing dense
+    layer) or before (widening, a nonlinearity, a view then a layer), gives the vertex
+    values of the op on the multiplied-out vertices, in float64."""
+    g = torch.Generator().manual_seed(seed)
+    d = dict(generator=g, dtype=torch.float64)
+    c, raw = torch.randn(n, f_in, **d), torch.randn(n, P, f_in, **d)
+    t = torch.randn(n, P, P, **d).tril() * 0.1
+    w, b = torch.randn(f_out, f_in, **d), torch.randn(f_out, **d)
+    rows = t @ raw
+    mix = RowMix(t, rows.norm(dim=2).amax(1), (t.abs() @ raw.norm(dim=2, keepdim=True))[..., 0].amax(1))
+    ctx = OffsetContext(n, P, torch.float64, track_band=True, u_offsets=2.0 ** -53)
+    x = OffsetTensor(c, raw.reshape(-1, f_in), None, None, Layout(0), ctx, scale=mix)
+    verts = torch.cat([c[:, None] + rows, c[:, None] - rows], 1).reshape(-1, f_in)
+    ops = {"linear": lambda v: F.linear(v, w, b), "relu": lambda v: F.linear(F.relu(v), w, b),
+           "view": lambda v: F.linear(v.view(v.shape[0], 1, f_in).flatten(1), w, b)}
+    with torch.no_grad():
+        out = ops[first](x)
+    expect = ops[first](verts)
+    got = out.vertices()
+    assert torch.allclose(got, expect, rtol=0, atol=1e-12 * (1 + float(expect.abs().max())))
+    after = first != "relu" and f_out <= f_in
+    assert ctx.frames_mix == ("output of the first linear op" if after else "input")
+    assert out.band is not None and bool((out.band >= 0).all())
