@@ -106,17 +106,21 @@ def test_offsets_bench(benchmark, workload, method):
     benchmark.extra_info.update(info)
 
 
-@pytest.mark.parametrize("method", ["random_frames", "gaussian_frames", "orthonormal_rows",
+@pytest.mark.parametrize("method", ["random_frames", "gaussian_frames", "orthonormal_rows", "factored_frames",
                                     "random_frames[torch-fallback]"])
 def test_frames_bench(benchmark, method, monkeypatch):
     """1,000 x 25 x 784 per-point frames (issue target: <= 50 ms on the 2-core CPU): the
-    whole default generator, its two stages, and the whole without the native kernel."""
+    whole default generator, its two stages, the factors the offsets engine draws instead
+    (:func:`lcfast.frames.factored_frames`: no ``mix @ gauss`` product), and the whole
+    without the native kernel."""
     ids = torch.arange(200 if SMALL else 1000)
     if method.endswith("[torch-fallback]"):
         monkeypatch.setattr(frames._extension, "has_kernel", lambda op, dev: False)
     if method == "orthonormal_rows":
         g = frames.gaussian_frames(0, ids, 784, 25)
         fn = lambda: frames.orthonormal_rows(g)  # noqa: E731
+    elif method == "factored_frames":
+        fn = lambda: frames.factored_frames((784,), 25, 0, ids)  # noqa: E731
     elif method == "gaussian_frames":
         fn = lambda: frames.gaussian_frames(0, ids, 784, 25)  # noqa: E731
     else:
