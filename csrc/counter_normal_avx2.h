@@ -1,16 +1,25 @@
 // AVX2+FMA kernel of lcfast::counter_normal on the CPU: counter_normal.h's normal_pair
 // for 8 consecutive pairs at once, written with intrinsics, operation for operation the
-// same IEEE arithmetic (the same bits; tests/test_frames.py compares both against an
-// independent numpy evaluation of the recipe with correctly rounded fma).
+// same IEEE arithmetic, so the same bits (tests/test_frames.py compares the op with an
+// independent numpy evaluation of the recipe with correctly rounded fma; a standalone
+// check compared it with normal_pair on 1e6 values, random row lengths and ranges, and
+// pair offsets near 2^31, 2^40 and 2^62).
 //
-// Why intrinsics: GCC's own vectorisation of the scalar loop (target_clones, x86-64-v3)
-// ran at 2.8 ns a value, one thread (1000 x 19,600 values, AMD EPYC 2 cores, Dec 2026),
-// because AVX2 has no 64-bit multiply and the compiler's emulation, int64->float
-// conversions and the interleaving through two stack arrays cost more than log and
-// sincos.  Here the two splitmix64 products are three 32x32->64 vpmuludq each (exact,
-// wrapping like the scalar product); pairs m, m+2, m+4, m+6 sit in one register of
-// 64-bit lanes and m+1, m+3, m+5, m+7 in the other, so that one blend gives the eight
-// 24-bit halves in pair order; the values are stored interleaved with unpack + permute.
+// Measured (AMD EPYC Zen 3, 2 cores, Dec 2026, load 4.7, CPU time of one thread for
+// 1000 rows x 19,600 values, output already paged in): GCC's own vectorisation of the
+// portable loop (target_clones x86-64-v3) 2.4 ns a value; this kernel with one group of
+// 8 pairs 1.6 ns, with 4 groups in lock step 1.1 ns (3 groups 1.25, 6 groups 1.25,
+// 8 groups 1.6-2.5: spills).  Why: AVX2 has no 64-bit multiply, so each splitmix64
+// product is three 32x32->64 vpmuludq (exact, wrapping like the scalar product); and
+// log's Horner chain (kept: reassociating would change bits) is long, so that with one
+// group the 64-entry FP scheduler fills with waiting operations (llvm-mca -mcpu=znver3:
+// 73 cycles per 8 pairs, 66% of dispatch stalls "scheduler full"; 51 with 4 groups).
+// Every step is therefore applied to K independent groups before the next step.
+// Hashing on the scalar integer units instead (a tried variant, software-pipelined one
+// block ahead) measured the same as 4 groups, so the hash stays in vector registers.
+// Layout: pairs m, m+2, m+4, m+6 sit in one register of 64-bit lanes and m+1, m+3, m+5,
+// m+7 in the other, so that one blend gives the eight 24-bit halves in pair order; the
+// values are stored interleaved with unpack + permute.
 #pragma once
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -29,7 +38,7 @@ namespace frames {
 #define LCFAST_AVX2 __attribute__((target("avx2,fma")))
 
 // Every step below is applied to K independent groups of 8 pairs before the next step
-// (the loops over k unroll): ...
+// (the loops over k unroll fully; arrays of K registers).
 #define LCFAST_EACH _Pragma("GCC unroll 8") for (int k = 0; k < K; ++k)
 
 // z * c mod 2^64 in each 64-bit lane, c given as its 32-bit halves (splat).
@@ -155,7 +164,7 @@ LCFAST_AVX2 inline void normal8_avx2(const __m256i* ev, const __m256i* od, __m25
   }
 }
 
-// Groups of 8 pairs computed in lock step (see the top of this file).
+// Groups of 8 pairs computed in lock step (4: measured best, see the top of this file).
 #ifndef LCFAST_AVX2_GROUPS
 #define LCFAST_AVX2_GROUPS 4
 #endif
