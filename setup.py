@@ -53,8 +53,9 @@ def _extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
 
     # torch >= 2.10 headers need C++20.  -fno-math-errno: sqrtf without the errno branch,
-    # so that GCC vectorises the loop of csrc/counter_normal_cpu.cpp (scalar otherwise;
-    # no result changes: only errno, which no kernel reads).
+    # so that the compiler can vectorise the portable loop of csrc/counter_normal_cpu.cpp
+    # (used where the AVX2 kernel is not; scalar otherwise) and inlines sqrtf in the AVX2
+    # kernel's scalar tail (no result changes: only errno, which no kernel reads).
     cxx = ["-O3", "-fopenmp", "-std=c++20", "-fno-math-errno"]
     ldflags = ["-fopenmp"]
     cu = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))

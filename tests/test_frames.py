@@ -76,6 +76,100 @@ def test_native_equals_torch_recipe_within_ulps():
         assert ulps[b.abs() > 1e-3].max().item() <= 8, count
 
 
+def _fma32(a, b, c):
+    """Correctly rounded float32 a * b + c (numpy has no fma): the product is exact in
+    float64, the float64 sum is made round-to-odd with its exact error (TwoSum), and
+    rounding that to float32 is correct rounding (53 >= 24 + 2 bits)."""
+    import numpy as np
+    p = a.astype(np.float64) * b.astype(np.float64)
+    c = np.broadcast_to(np.float64(c) if np.isscalar(c) else c.astype(np.float64), p.shape)
+    s = p + c
+    bb = s - p
+    err = (p - (s - bb)) + (c - bb)
+    even = (s.view(np.uint64) & np.uint64(1)) == 0
+    s = np.where((err != 0) & even, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+    return s.astype(np.float32)
+
+
+def _counter_normal_numpy(keys: torch.Tensor, count: int) -> torch.Tensor:
+    """Independent evaluation of csrc/counter_normal.h's arithmetic (the native op's
+    definition): numpy uint64 wrapping integers, float32 numpy operations (correctly
+    rounded, like the kernel's) and _fma32 where the kernel has an fma.  (N,) -> (N, count)."""
+    import numpy as np
+    f = np.float32
+    u64 = np.uint64
+    half = (count + 1) // 2
+    ctr = np.arange(1, half + 1, dtype=u64) * u64(0x9E3779B97F4A7C15)
+    z = keys.numpy().view(u64).reshape(-1, 1) + ctr
+    z = (z ^ (z >> u64(30))) * u64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> u64(27))) * u64(0x94D049BB133111EB)
+    h = (z ^ (z >> u64(31))).reshape(-1)
+    u1 = ((h >> u64(40)).astype(np.int32).astype(f) + f(0.5)) * f(2.0 ** -24)
+    u2 = ((h & u64(0xFFFFFF)).astype(np.int32).astype(f) + f(0.5)) * f(2.0 ** -24)
+    # log_f
+    b = u1.view(np.uint32)
+    e = (b >> np.uint32(23)).astype(np.int32) - 126
+    m = ((b & np.uint32(0x007FFFFF)) | np.uint32(0x3F000000)).view(f)
+    lo = m < f(0.707106781186547524)
+    e = e - lo
+    m = m * (1 + lo).astype(f)
+    x = m + f(-1.0)
+    zz = x * x
+    y = np.full_like(x, f(7.0376836292E-2))
+    for cst in (-1.1514610310E-1, 1.1676998740E-1, -1.2420140846E-1, 1.4249322787E-1, -1.6668057665E-1,
+                2.0000714765E-1, -2.4999993993E-1, 3.3333331174E-1):
+        y = _fma32(y, x, f(cst))
+    y = (y * x) * zz
+    ef = e.astype(f)
+    y = _fma32(ef, f(-2.12194440e-4), y)
+    y = _fma32(zz, f(-0.5), y)
+    lg = _fma32(ef, f(0.693359375), x + y)
+    rad = np.sqrt(f(-2.0) * lg)
+    # sincos_f
+    ang = f(6.28318530717958647692) * u2
+    j = (ang * f(1.27323954473516)).astype(np.int32)
+    j = (j + 1) & ~1
+    yj = j.astype(f)
+    r = _fma32(yj, f(-0.78515625), ang)
+    r = _fma32(yj, f(-2.4187564849853515625e-4), r)
+    r = _fma32(yj, f(-3.77489497744594108e-8), r)
+    zz = r * r
+    ps = _fma32(np.full_like(zz, f(-1.9515295891E-4)), zz, f(8.3321608736E-3))
+    ps = _fma32(ps, zz, f(-1.6666654611E-1))
+    ps = _fma32(ps * zz, r, r)
+    pc = _fma32(np.full_like(zz, f(2.443315711809948E-5)), zz, f(-1.388731625493765E-3))
+    pc = _fma32(pc, zz, f(4.166664568298827E-2))
+    pc = _fma32(pc * zz, zz, _fma32(zz, f(-0.5), f(1.0)))
+    q = (j >> 1) & 3
+    sv, cv = np.where(q & 1, pc, ps), np.where(q & 1, ps, pc)
+    s = np.where(q & 2, -sv, sv)
+    c = np.where((q + 1) & 2, -cv, cv)
+    g = np.stack([rad * c, rad * s], -1).reshape(keys.numel(), 2 * half)
+    return torch.from_numpy(np.ascontiguousarray(g[:, :count]))
+
+
+@native
+def test_native_bits_equal_independent_reference():
+    """The CPU kernel (on AVX2+FMA machines the intrinsics of counter_normal_avx2.h, else
+    the portable loop) gives exactly the bits of the recipe's float32 arithmetic
+    evaluated independently in numpy, on 1.1e6 values: row lengths around the kernel's
+    8-pair groups and 32-pair blocks (odd counts end on a cosine), count 1, random and
+    frame keys, and two threads that split a row at an odd pair (3 x 66,667 values)."""
+    gen = torch.Generator().manual_seed(5)
+    rand = torch.randint(-2**63, 2**63 - 1, (2000,), generator=gen, dtype=torch.long)
+    cases = [(rand, c) for c in (1, 2, 3, 15, 16, 17, 31, 33, 63, 64, 65, 66, 127, 129)]
+    cases += [(frame_keys(0, torch.arange(20)), 784 * 25), (frame_keys(9, torch.tensor([2**40 + 7, -1, 0])), 2 * 33333 + 1)]
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for keys, count in cases:
+            got = torch.ops.lcfast.counter_normal(keys, count)
+            want = _counter_normal_numpy(keys, count)
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32)), count
+    finally:
+        torch.set_num_threads(n)
+
+
 @native
 def test_native_thread_and_chunk_independent():
     keys = frame_keys(3, torch.arange(7))
