@@ -30,7 +30,7 @@ __all__ = ["local_complexity", "naive_low_precision"]
 def local_complexity(
     model: nn.Module,
     x: torch.Tensor,
-    radius: float = 0.005,
+    radius: float | Sequence[float] = 0.005,
     n_dirs: int = 25,
     seed: int = 0,
     ids: torch.Tensor | Sequence[int] | None = None,
@@ -45,7 +45,7 @@ def local_complexity(
     forward: Callable | None = None,
     extra: Mapping[str, Any] | None = None,
     certified: bool = False,
-) -> LCResult:
+) -> LCResult | list[LCResult]:
     """Local complexity of ``model`` around each point of ``x``.
 
     For every point, the ``2P`` vertices ``x +- r v_p`` of a cross-polytope (``v``
@@ -56,7 +56,11 @@ def local_complexity(
     Args:
         model: any ``nn.Module``; measured in eval mode.
         x: ``(N, *S)`` floating points (any layout; not modified).
-        radius: ``r > 0``, the cross-polytope radius.
+        radius: ``r > 0``, the cross-polytope radius, or a list of radii: then a list of
+            results, one per radius in the order given, on the same frames (the offsets
+            engine derives every radius from one propagation where the points stay
+            antisymmetric and reruns the others; the vertex-pushing backends run once
+            per radius; no accuracy report, and not with ``certified``).
         n_dirs: ``P``, directions per point, ``1 <= P <= D = prod(S)``; ignored when
             ``directions`` is given.
         seed: the frame of point ``i`` depends only on ``(seed, ids[i])``.
@@ -125,9 +129,23 @@ def local_complexity(
                         shared_directions, check_directions, forward, extra, certified)
     plan = _plan(request)
     t0 = time.perf_counter()
-    counts, names, neurons, engine_meta = _run(request, plan, progress)
+    if request.radii is None:
+        runs = [(request.radius, *_run(request, plan, progress))]
+    elif plan.engine.name == "offsets":  # one propagation for every radius (engine.offsets.run_offsets_radii)
+        counts, names, neurons, engine_meta = _run(request, plan, progress)
+        runs = [(r, counts[:, i] if counts.dim() == 3 else counts, names, neurons, engine_meta)
+                for i, r in enumerate(request.radii)]
+    else:  # a vertex push per radius, on the same frames
+        runs = [(r, *_run(dataclasses.replace(request, radius=r, radii=None), plan, progress)) for r in request.radii]
+    out = [_result(request, plan, directions, shared_directions, time.perf_counter() - t0, *run) for run in runs]
+    return out if request.radii is not None else out[0]
+
+
+def _result(request: _Request, plan: "_Plan", directions, shared_directions: bool, seconds: float, radius: float,
+            counts: torch.Tensor, names: list[str], neurons: list[int], engine_meta: dict) -> LCResult:
+    """The :class:`LCResult` of one radius: counts ``(N, L)`` and the call's meta."""
     meta = dict(backend=plan.engine.name, dtype=str(request.dtype or plan.dtype).replace("torch.", ""), seed=request.seed,
-                device=str(plan.device), seconds=time.perf_counter() - t0, **plan.engine.meta,
+                device=str(plan.device), seconds=seconds, **plan.engine.meta,
                 certified=request.certified,
                 # points recomputed in float64, summed over chunks (0 when N = 0: no chunk ran)
                 **({"certified_recomputed": engine_meta.get("certified_recomputed", 0)} if request.certified else {}),
@@ -138,7 +156,7 @@ def local_complexity(
                 **({"chunk_size_after_oom": plan.chunks.after_oom} if plan.chunks.after_oom else {}),
                 **{k: v for k, v in engine_meta.items() if k not in ("_points", "certified_recomputed")})
     return LCResult(counts=counts, sites=names, neurons=torch.tensor(neurons, dtype=torch.long),
-                    ids=request.ids, radius=request.radius, n_dirs=request.P, meta=meta)
+                    ids=request.ids, radius=radius, n_dirs=request.P, meta=meta)
 
 
 # ---------------------------------------------------------------------------
@@ -170,7 +188,7 @@ def _plan(request: _Request) -> _Plan:
         check_compute_dtype(dtype, "dtype" if request.dtype is not None else "model")
         engine = engine_for(request.backend, device)
         if request.backend != "offsets":  # a vertex push: can dtype resolve the offsets?
-            warn_if_offsets_unresolved(request.x, request.radius, dtype, stacklevel=3)
+            warn_if_offsets_unresolved(request.x, min(request.radii or [request.radius]), dtype, stacklevel=3)
     V = 2 * request.P
     point_bytes = math.prod(request.S) * torch.finfo(dtype).bits // 8
     return _Plan(device, dtype, engine, spec, ChunkPlan(request.N, V, point_bytes, device, request.chunk_size))
@@ -267,7 +285,8 @@ def _run(request: _Request, plan: _Plan, progress: bool) -> tuple[torch.Tensor, 
         def run(lo: int, hi: int, probe: SizeProbe | None = None) -> ChunkResult:
             xc = request.x[lo:hi].to(device=device, dtype=dtype)
             with probe or contextlib.nullcontext():
-                return engine.run_chunk(called(torch.arange(lo, hi)), xc, frames(lo, hi), request.radius, spec)
+                return engine.run_chunk(called(torch.arange(lo, hi)), xc, frames(lo, hi), request.radii or request.radius,
+                                        spec)
 
         if N == 0:
             # no point: one zero point (zero directions, zero extras) discovers the sites so that

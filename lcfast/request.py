@@ -43,6 +43,7 @@ class _Request:
     forward: Callable | None = None
     extra: dict | None = None  # {name: (N, ...) tensor or any value}
     certified: bool = False  # the offsets engine, its unresolved points recomputed in float64
+    radii: tuple[float, ...] | None = None  # radius=[...]: every radius, in the order given (radius: the largest)
 
     @property
     def N(self) -> int:
@@ -79,8 +80,18 @@ def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, d
         raise ValueError(f"x must have a non-empty point shape, got {tuple(x.shape)}")
     if N and not _all_finite(x):
         raise ValueError("x contains NaN or infinite values")
-    radius, n_dirs, seed, chunk_size = (_scalar(v) for v in (radius, n_dirs, seed, chunk_size))
-    if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not math.isfinite(radius) or radius <= 0:
+    radii = None
+    if isinstance(radius, (list, tuple)):  # several radii (issue 10 item 4): one result per radius
+        if not radius or not all(_radius_ok(_scalar(r)) for r in radius):
+            raise ValueError(f"radius must be a finite number > 0 or a non-empty list of them, got {radius!r}")
+        if certified is True:
+            raise ValueError("certified=True takes one radius (the rounding band of one pass describes only its "
+                             f"largest radius), got radius={radius!r}")
+        radii = tuple(float(_scalar(r)) for r in radius)
+        radius = max(radii)
+    n_dirs, seed, chunk_size = (_scalar(v) for v in (n_dirs, seed, chunk_size))
+    radius = _scalar(radius)
+    if not _radius_ok(radius):
         raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {seed!r}")
@@ -115,9 +126,14 @@ def _validate(model, x, radius, n_dirs, seed, ids, directions, sites, backend, d
     if forward is not None and not callable(forward):
         raise TypeError(f"forward must be a callable (model, batch, **extra) -> output, got {forward!r}")
     _check_certified(certified, backend, forward, extra)
-    return _Request(model=model, x=x, radius=float(radius), seed=int(seed), ids=ids_t, directions=directions,
+    return _Request(model=model, x=x, radius=float(radius), radii=radii, seed=int(seed), ids=ids_t,
+                    directions=directions,
                     shared=shared, P=P, sites=sites, backend=backend, dtype=dtype, chunk_size=chunk_size,
                     compiled=compiled, forward=forward, extra=_checked_extra(extra, N), certified=certified)
+
+
+def _radius_ok(r) -> bool:
+    return not isinstance(r, bool) and isinstance(r, numbers.Real) and math.isfinite(r) and r > 0
 
 
 #: Backends ``certified=True`` runs on: it is a mode of the offsets engine, and ``"auto"``

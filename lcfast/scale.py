@@ -170,6 +170,9 @@ def measure_dataset(model: torch.nn.Module, data, *, block_size: int = 1024, che
     for bad in ("ids", "directions", "x"):
         if bad in kwargs:
             raise TypeError(f"measure_dataset: {bad!r} is not accepted (ids come from the data set indices)")
+    if isinstance(kwargs.get("radius"), (list, tuple)):
+        raise TypeError("measure_dataset: radius must be one number (a checkpoint holds one result per block); "
+                        "call it once per radius")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:

@@ -300,5 +300,13 @@ class OffsetsBackend(Backend):
         self.certify = Float64Model() if certified else None
 
     def run_chunk(self, model, x, directions, radius, spec):
+        """As :meth:`Backend.run_chunk`; ``radius`` a tuple of radii gives counts
+        ``(n, k, L)``, one slice per radius (:func:`run_offsets_radii`)."""
+        if isinstance(radius, tuple):
+            parts = run_offsets_radii(model, x, directions, radius, spec, self.dtype or x.dtype, tf32=self.tf32)
+            meta = {k: v for k, v in parts[0].meta.items() if k not in ("radius", "scaled_points", "rerun_points")}
+            meta["rerun_points_per_radius"] = {f"{p.meta['radius']:g}": p.meta["rerun_points"] for p in parts}
+            return OffsetsChunkResult(torch.stack([p.counts for p in parts], 1), parts[0].names, parts[0].neurons,
+                                      meta)
         return run_offsets(model, x, directions, radius, spec, self.dtype or x.dtype, tf32=self.tf32,
                            certify=self.certify)
