@@ -16,6 +16,9 @@ For each case (model, points, radius) it measures, on one device:
   (``lcfast.local_complexity(..., backend="offsets", dtype=...)``); ``offsets-bf16-c64``:
   bf16 offsets around a float64 centre (``offsets_local_complexity(centre_dtype=...)``);
   ``offsets-tf32``: float32 offsets with TF32 allowed in their linear ops (``tf32=True``);
+  ``offsets-f32-drawn``: the default call, frames drawn by the call (``seed=0``: the same
+  frames as the other methods), as factors where the first op allows
+  (:class:`lcfast.frames.FactoredFrames`, ``meta["frames_mix"]``);
 * ``naive-bf16`` (the refused vertex push, under ``naive_low_precision()``): a method
   that must fail the accuracy criterion, so the criterion can fail.
 
@@ -67,8 +70,8 @@ CASES = (
     ("resnet18-224-1000pts-r5e-3", "resnet18", (3, 224, 224), 1000, 5e-3,
      dict(oracle_n=16, methods=("bare-f32", "bare-bf16", "auto", "offsets-bf16"), chunk=40, rounds=1)),
 )
-METHODS = ("bare-f32", "bare-bf16", "reference", "auto", "auto-probe", "offsets-f32", "offsets-tf32", "offsets-bf16",
-           "offsets-f16", "offsets-bf16-c64", "naive-bf16")
+METHODS = ("bare-f32", "bare-bf16", "reference", "auto", "auto-probe", "offsets-f32", "offsets-f32-drawn",
+           "offsets-tf32", "offsets-bf16", "offsets-f16", "offsets-bf16-c64", "naive-bf16")
 
 
 def parse_args(argv=None):
@@ -108,6 +111,8 @@ def runner(method, model, model_bf16, x, dirs, r, chunk=None):
             finally:
                 del os.environ["LCFAST_LAYOUT_CACHE"]
         return probe_every_call
+    if method == "offsets-f32-drawn":  # seed 0, ids arange(n): the frames of `dirs`, drawn by the call
+        return lambda: lcfast.local_complexity(model, x, radius=r, n_dirs=dirs.shape[1], seed=0, backend="offsets")
     if method == "offsets-tf32":  # float32 offsets with TF32 convolutions/matmuls, strict float32 centre
         return lambda: offsets_local_complexity(model, x, radius=r, directions=dirs, dtype=torch.float32, tf32=True)
     if method == "offsets-bf16-c64":
@@ -195,7 +200,7 @@ def main(argv=None) -> int:
                                why=why, equal_float64=bool(torch.equal(c[:k_or], ref.cpu())))
                     meta = getattr(got, "meta", {})
                     for k in ("backend", "rows_per_point", "antisymmetric_points", "breaks", "chunk_size", "layout_probe",
-                              "symmetric_part", "tf32_offsets"):
+                              "symmetric_part", "tf32_offsets", "frames_mix"):
                         if k in meta:
                             row[k] = meta[k]
                     if why is not None and method in ("offsets-tf32", "offsets-bf16", "offsets-f16", "offsets-bf16-c64"):
