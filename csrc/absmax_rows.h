@@ -63,11 +63,22 @@ inline at::Tensor absmax_rows_empty(const at::Tensor& a, int64_t rows) {
   return at::empty({a.size(0), a.size(2)}, a.options());
 }
 
-// The layout a kernel reads: a itself when its neurons are adjacent (stride(2) == 1 or
-// F <= 1; the point and row strides are free, e.g. a narrowed or point-permuted view),
-// else a contiguous copy (one extra pass).
-inline at::Tensor absmax_rows_input(const at::Tensor& a) {
-  return (a.size(2) <= 1 || a.stride(2) == 1) ? a : a.contiguous();
+// The host side of both kernels: checks, allocates, and calls
+// run(T{}, input, rows, out) with T the integer lane of a's width, where the input is
+// a itself when its neurons are adjacent (stride(2) == 1 or F <= 1; the point and row
+// strides are free, e.g. a narrowed or point-permuted view), else a contiguous copy
+// (one extra pass).
+template <typename Run>
+at::Tensor absmax_rows_host(const at::Tensor& a_in, int64_t rows, Run&& run) {
+  at::Tensor out = absmax_rows_empty(a_in, rows);
+  if (out.numel() == 0) return out;
+  const at::Tensor a = (a_in.size(2) <= 1 || a_in.stride(2) == 1) ? a_in : a_in.contiguous();
+  switch (a.element_size()) {
+    case 2: run(int16_t{}, a, rows, out); break;
+    case 4: run(int32_t{}, a, rows, out); break;
+    default: run(int64_t{}, a, rows, out); break;
+  }
+  return out;
 }
 
 }  // namespace lcfast

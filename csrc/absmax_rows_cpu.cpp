@@ -55,16 +55,10 @@ void absmax_rows_impl(const at::Tensor& a, int64_t rows, at::Tensor& out) {
   });
 }
 
-at::Tensor absmax_rows_cpu(const at::Tensor& a_in, int64_t rows) {
-  at::Tensor out = absmax_rows_empty(a_in, rows);
-  if (out.numel() == 0) return out;
-  const at::Tensor a = absmax_rows_input(a_in);
-  switch (a.element_size()) {
-    case 2: absmax_rows_impl<int16_t>(a, rows, out); break;
-    case 4: absmax_rows_impl<int32_t>(a, rows, out); break;
-    default: absmax_rows_impl<int64_t>(a, rows, out); break;
-  }
-  return out;
+at::Tensor absmax_rows_cpu(const at::Tensor& a, int64_t rows) {
+  return absmax_rows_host(a, rows, [](auto lane, const at::Tensor& in, int64_t r, at::Tensor& out) {
+    absmax_rows_impl<decltype(lane)>(in, r, out);
+  });
 }
 
 }  // namespace

@@ -4,6 +4,8 @@ the first rows, and against an independent float64 ``abs().amax``; opcheck; NaN/
 and the offsets engine's results with the op and with the fallback."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -159,3 +161,22 @@ def test_engine_same_with_and_without_op(monkeypatch, name, radius, dtype):
         assert dense_a  # the dense symmetric branch of the screen was exercised
     assert torch.equal(with_op.counts, without.counts)
     assert with_op.names == without.names and with_op.meta == without.meta
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_equals_torch_expression(dtype):
+    """The CUDA kernel (run by benchmarks/gpu_check.sh, ``-k cuda``; with
+    ``LCFAST_REQUIRE_CUDA_KERNEL=1`` a build without it fails instead of skipping)."""
+    if not _extension.has_kernel("absmax_rows", "cuda"):
+        assert os.environ.get("LCFAST_REQUIRE_CUDA_KERNEL") != "1", "lcfast._C has no CUDA kernel for absmax_rows"
+        pytest.skip("lcfast._C without the CUDA kernel")
+    for N, R, F, rows in SHAPES:
+        a = _values((N, R, F), dtype).cuda()
+        a[:, :, :1] = float("nan") if N else 0  # a NaN neuron
+        for v in (a, _values((F, R, N), dtype, seed=2).cuda().permute(2, 1, 0), a[:, R - rows:]):
+            out, ref = absmax_rows(v, rows), absmax_rows_torch(v, rows)
+            assert out.is_cuda and torch.equal(out.isnan(), ref.isnan())
+            assert torch.equal(out.nan_to_num(), ref.nan_to_num()) and not torch.signbit(out).any()
+            assert torch.equal(out.cpu(), absmax_rows(v.cpu(), rows).cpu())  # CPU and CUDA kernels: same bits
+    torch.library.opcheck(torch.ops.lcfast.absmax_rows.default, (_values((4, 5, 6), dtype).cuda(), 3))

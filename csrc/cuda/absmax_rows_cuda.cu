@@ -46,17 +46,11 @@ void launch(const at::Tensor& a, int64_t rows, at::Tensor& out) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor absmax_rows_cuda(const at::Tensor& a_in, int64_t rows) {
-  c10::cuda::CUDAGuard guard(a_in.device());
-  at::Tensor out = absmax_rows_empty(a_in, rows);
-  if (out.numel() == 0) return out;
-  const at::Tensor a = absmax_rows_input(a_in);
-  switch (a.element_size()) {
-    case 2: launch<int16_t>(a, rows, out); break;
-    case 4: launch<int32_t>(a, rows, out); break;
-    default: launch<int64_t>(a, rows, out); break;
-  }
-  return out;
+at::Tensor absmax_rows_cuda(const at::Tensor& a, int64_t rows) {
+  c10::cuda::CUDAGuard guard(a.device());
+  return absmax_rows_host(a, rows, [](auto lane, const at::Tensor& in, int64_t r, at::Tensor& out) {
+    launch<decltype(lane)>(in, r, out);
+  });
 }
 
 }  // namespace
