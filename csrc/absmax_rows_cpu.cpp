@@ -27,6 +27,8 @@ constexpr int64_t kGrainElems = 65536;
 
 // Neurons [0, n) of one point: acc[f] = max_{p < rows} |row_p[f]| on the patterns.
 // Cloned per ISA (cpu_clones.h): integer max, so every clone computes the same bits.
+// The loop alone on (1000, 25, 200) float32, one thread, the 2-core AMD EPYC CI VM
+// (AVX2, no AVX-512), load 4.7: 3.5 ms built for SSE2, 1.6-2.4 ms for x86-64-v3.
 template <typename T>
 LCFAST_CLONES void absmax_block(const T* __restrict__ src, int64_t row_stride, int64_t rows, int64_t n,
                                 T* __restrict__ acc) {
