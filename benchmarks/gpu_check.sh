@@ -132,7 +132,7 @@ assert _native.has_kernel('crossing_act', 'cuda'), f'NATIVE CUDA KERNEL MISSING:
 print('native CUDA kernel present')" || say "FAIL: the native CUDA kernel is missing: CUDA op tests will fail, not skip"
     # the CUDA cases alone (-k cuda), no -x: every failure is listed
     step cuda-tests 150 30 env LCFAST_REQUIRE_CUDA_KERNEL=1 $PY -m pytest -q -rfEs -p no:cacheprovider -k cuda \
-        tests/test_gpu_cuda.py tests/test_native_op.py || say "CUDA op tests: failures above"
+        tests/test_gpu_cuda.py tests/test_native_op.py tests/test_absmax_rows_op.py || say "CUDA op tests: failures above"
 fi
 
 # ------------------------------------------------------------------ correctness

@@ -18,6 +18,12 @@ ResNet-stage-1 conv site (400 x 64 x 56 x 56).  Two pairs per shape:
 ``extra_info`` carries ``speedup_vs_reference`` (reference median / this median, same
 run, same shape and pair).  Not a test of timing: counts and outputs are checked for
 equality once before timing.
+
+lcfast::absmax_rows (the offsets engine's screen, ``max_{p < P} |a_p|``) against its
+torch expression ``torch.maximum(a.amax(1), -a.amin(1))`` on the first ``P = 25`` of
+``R = 25`` rows, float32: the MNIST MLP screen (1000 points x 200 neurons) and a
+ResNet-stage-1 site (2 points x 64*56*56).  The op's row carries
+``speedup_vs_torch``; outputs are checked for equality once before timing.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import torch
 
 from lcfast import _extension
 from lcfast.engine.reference import crossing_counts  # the crossing rule, written once
+from lcfast.ops.absmax_rows import absmax_rows_torch
 
 pytestmark = pytest.mark.skipif(not _extension.available(), reason=f"lcfast._C not built: {_extension.ERROR}")
 
@@ -71,3 +78,32 @@ def test_bench_crossing_act(benchmark, shape_name, pair, method):
         shape=list(SHAPES[shape_name]), V=V, dtype="float32", pair=pair, method=method,
         threads=torch.get_num_threads(),
         speedup_vs_reference=(ref / med) if ref else None)
+
+
+ABSMAX_SHAPES = {"mlp_1000x25x200": (1000, 25, 200), "conv_2x25x64x56x56": (2, 25, 64 * 56 * 56)}
+ABSMAX_ROWS = 25
+# torch first in each pair, so that the op's row can carry the ratio
+ABSMAX_CASES = [(s, m) for s in ABSMAX_SHAPES for m in ("torch", "native_op")]
+
+
+@pytest.mark.parametrize("shape_name,method", ABSMAX_CASES, ids=[f"{s}-{m}" for s, m in ABSMAX_CASES])
+def test_bench_absmax_rows(benchmark, shape_name, method):
+    key = ("absmax", shape_name)
+    if key not in _TENSORS:
+        _TENSORS.clear()
+        g = torch.Generator().manual_seed(0)
+        _TENSORS[key] = torch.randn(*ABSMAX_SHAPES[shape_name], generator=g)
+    a = _TENSORS[key]
+    if method == "native_op":
+        fn = lambda: torch.ops.lcfast.absmax_rows(a, ABSMAX_ROWS)  # noqa: E731
+        assert torch.equal(fn(), absmax_rows_torch(a, ABSMAX_ROWS))
+    else:
+        fn = lambda: absmax_rows_torch(a, ABSMAX_ROWS)  # noqa: E731
+    benchmark.group = f"absmax_rows {shape_name}"
+    benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
+    med = benchmark.stats.stats.median
+    _MEDIANS[key + (method,)] = med
+    ref = _MEDIANS.get(key + ("torch",))
+    benchmark.extra_info.update(
+        shape=list(ABSMAX_SHAPES[shape_name]), rows=ABSMAX_ROWS, dtype="float32", method=method,
+        threads=torch.get_num_threads(), speedup_vs_torch=(ref / med) if (ref and method != "torch") else None)
