@@ -1,8 +1,8 @@
 // Schemas of the lcfast native ops (one TORCH_LIBRARY for the namespace) and the
-// Python module init of lcfast._C.  Kernels: crossing_act_cpu.cpp and
-// counter_normal_cpu.cpp (CPU), cuda/crossing_act_cuda.cu and cuda/counter_normal_cuda.cu
+// Python module init of lcfast._C.  Kernels: crossing_act_cpu.cpp,
+// counter_normal_cpu.cpp and row_gram_cpu.cpp (CPU), cuda/crossing_act_cuda.cu and cuda/counter_normal_cuda.cu
 // (CUDA).  Fake (meta) implementations are registered from Python
-// (lcfast/ops/native_crossing_act.py, lcfast/frames.py).  Triton ops of the same namespace are added
+// (lcfast/ops/native_crossing_act.py, lcfast/frames.py, lcfast/ops/row_gram.py).  Triton ops of the same namespace are added
 // from Python with torch.library.triton_op, which registers a FRAGMENT and coexists
 // with this library in either import order.
 #include <Python.h>
@@ -17,6 +17,8 @@ TORCH_LIBRARY(lcfast, m) {
   m.def("crossing_count(Tensor pre, int V) -> Tensor counts");
   // counter-based standard normals of lcfast.frames: (N,) int64 keys -> (N, count) float32
   m.def("counter_normal(Tensor keys, int count) -> Tensor");
+  // Gram matrices of row blocks: (B, P, D) float32 -> (B, P, P) float64 (row_gram_cpu.cpp)
+  m.def("row_gram(Tensor g) -> Tensor");
 }
 
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
