@@ -1,28 +1,35 @@
 // CPU kernel of lcfast::row_gram (schema in registration.cpp; Python wrapper and fake
 // impl in lcfast/ops/row_gram.py): out[b, i, j] = sum_d g[b, i, d] g[b, j, d] for float32
-// g (B, P, D), in float64.
+// g (B, P, D), returned in float64.  Only j <= i is computed; out[j, i] is a copy
+// (exactly symmetric).
 //
-// Arithmetic: every product of two float32 values is exact in float64 (24 + 24 bits of
-// mantissa < 53), so the only rounding is the float64 summation: four lanes each sum
-// the terms d = l mod 4 in order of d, then (l0 + l1) + (l2 + l3).  |out - exact| <=
-// (D - 1) 2^-53 sum_d |g_id g_jd| <= (D - 1) 2^-53 |g_i| |g_j| (tests/test_row_gram_op.py
-// checks D 2^-52 against torch's float64 Gram).  The AVX2 kernel and the portable loop
-// do these same operations (an fma of an exact product rounds like the add), so they
-// give the same bits.  Only j <= i is computed; out[j, i] is a copy (exactly symmetric).
+// Arithmetic: lane l of 8 sums the columns d = l mod 8 of a block of kBlock columns in
+// float32 with fma (32 terms), the block's lane sums are added in float64, and the 8
+// lanes are added as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)).  So
+// |out - exact| <= (kBlock / 8 + 1) 2^-24 sum_d |g_id g_jd| <= 33 2^-24 |g_i| |g_j|
+// (+ float64 terms), whatever D (tests/test_row_gram_op.py checks this bound).  The
+// AVX2 kernel and the portable loop (std::fma) do the same operations: the same bits.
 //
-// Layout of the work: one point per iteration of at::parallel_for.  Its rows are
-// converted to float64, kChunk columns at a time, into a scratch block (zero rows and
-// columns pad P and the chunk to the tile sizes), then tiles of kR x kC rows (kR*kC lane
-// accumulators + kR rows + 1 stream = 16 ymm registers) run over the chunk, their lane
-// accumulators kept in memory between chunks (loading them back and going on is the same
-// running sum).
+// Measured (AMD EPYC Zen 3, 2 cores, 1 Dec 2026, load 2.5, process CPU time, one thread,
+// min of 7; 1000 x 25 x 784): this kernel 19.5 ms, torch's float32 bmm + cast 35-43 ms;
+// max |out - exact| / (|g_i| |g_j|) 7.5e-8 here, 4.0e-7 for the bmm (200 points).  A
+// variant summing exact float64 products (4 lanes, rows converted to float64) reached
+// 2e-15 but took 41.5 ms: twice the FMAs plus the conversion.  Of the 19.5 ms about
+// half is copying the rows (78 MB from memory) into the chunk (perf), half the tiles.
+//
+// Layout of the work: one point per iteration of at::parallel_for.  Its rows are copied
+// kChunk columns at a time into a scratch block (zero rows and columns pad P and the
+// chunk to the tile sizes), then tiles of kR x kC rows run over the chunk, their float64
+// lane sums kept in memory between blocks.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -33,118 +40,109 @@
 namespace lcfast {
 namespace {
 
-constexpr int64_t kR = 3, kC = 4, kLanes = 4;
-// Columns converted per chunk: 28 padded rows x 512 doubles = 112 KiB, in L2.
-// (Unmeasured against other sizes.)
-constexpr int64_t kChunk = 512;
-// Row stride of the chunk: n + kSkew doubles, so that the 7 rows a tile reads are not all
-// 4 KiB apart (same L1 sets, 4K aliasing of loads and stores).
-constexpr int64_t kSkew = 8;
+// Tiles of kR x kC rows: kR*kC accumulators + kR rows + 1 stream = 16 ymm registers.
+constexpr int64_t kR = 3, kC = 4, kW = 8;
+// Columns copied per chunk: 28 padded rows x 1,024 floats = 112 KiB, in L2 (unmeasured
+// against other sizes).
+constexpr int64_t kChunk = 1024;
+// Row stride of the chunk: n + kSkew floats, so that the 7 rows a tile reads are not all
+// 4 KiB apart (same L1 sets, 4K aliasing; D = 3x224x224 rows are 147 x 4 KiB).
+constexpr int64_t kSkew = 16;
+// Columns summed in float32 before the lanes are added into float64: kBlock / 8 = 32
+// terms a lane, so |error| <= (kBlock / 8 + 1) 2^-24 |g_i| |g_j| (see the top).
+constexpr int64_t kBlock = 256;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// acc[(i * Pp + j) * 4 + l] += sum over d = l mod 4 of x[i][d] x[j][d], for the tile of
-// rows i0 .. i0 + kR - 1, j0 .. j0 + kC - 1; x is the (Pp, n) chunk (row stride ld; n
-// and ld multiples of 4, 32-byte aligned rows).
-using TileFn = void (*)(const double* x, int64_t n, int64_t ld, int64_t i0, int64_t j0, int64_t Pp, double* acc);
+// For the tile of rows i0 .. i0 + kR - 1, j0 .. j0 + kC - 1 of the chunk x ((Pp, n) floats,
+// row stride ld; n, ld multiples of 8; 32-byte aligned rows): for each block of kBlock
+// columns, lane l (the columns d = l mod 8) is summed in float32 with fma, then added to
+// acc[(i * Pp + j) * 8 + l] (float64).
+using TileFn = void (*)(const float* x, int64_t n, int64_t ld, int64_t i0, int64_t j0, int64_t Pp, double* acc);
 
-void tile_portable(const double* x, int64_t n, int64_t ld, int64_t i0, int64_t j0, int64_t Pp, double* acc) {
+void tile_portable(const float* x, int64_t n, int64_t ld, int64_t i0, int64_t j0, int64_t Pp, double* acc) {
   for (int64_t r = 0; r < kR; ++r) {
-    const double* a = x + (i0 + r) * ld;
+    const float* a = x + (i0 + r) * ld;
     for (int64_t c = 0; c < kC; ++c) {
-      const double* b = x + (j0 + c) * ld;
-      double* s = acc + ((i0 + r) * Pp + j0 + c) * kLanes;
-      double s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
-      for (int64_t d = 0; d < n; d += kLanes) {
-        s0 += a[d] * b[d];
-        s1 += a[d + 1] * b[d + 1];
-        s2 += a[d + 2] * b[d + 2];
-        s3 += a[d + 3] * b[d + 3];
+      const float* b = x + (j0 + c) * ld;
+      double* s = acc + ((i0 + r) * Pp + j0 + c) * kW;
+      for (int64_t e0 = 0; e0 < n; e0 += kBlock) {
+        const int64_t e1 = std::min(n, e0 + kBlock);
+        for (int64_t l = 0; l < kW; ++l) {
+          float t = 0.0f;
+          for (int64_t d = e0 + l; d < e1; d += kW) t = std::fma(a[d], b[d], t);
+          s[l] += double(t);
+        }
       }
-      s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
     }
   }
 }
 
-// dst[0, m) = src[0, m) as doubles.
-using ConvertFn = void (*)(const float* src, int64_t m, double* dst);
-
-void convert_portable(const float* src, int64_t m, double* dst) {
-  for (int64_t d = 0; d < m; ++d) dst[d] = double(src[d]);
-}
-
 #ifdef LCFAST_ROW_GRAM_AVX2
-// (GCC's code for the portable loop, baseline ISA, stored pairs of floats to the stack and
-// reloaded them: the conversion took longer than the tiles, perf, 1000 x 25 x 784.)
-__attribute__((target("avx2,fma"))) void convert_avx2(const float* src, int64_t m, double* dst) {
-  int64_t d = 0;
-  for (; d + 4 <= m; d += 4) _mm256_store_pd(dst + d, _mm256_cvtps_pd(_mm_loadu_ps(src + d)));
-  for (; d < m; ++d) dst[d] = double(src[d]);
-}
-
-__attribute__((target("avx2,fma"))) void tile_avx2(const double* x, int64_t n, int64_t ld, int64_t i0, int64_t j0,
+__attribute__((target("avx2,fma"))) void tile_avx2(const float* x, int64_t n, int64_t ld, int64_t i0, int64_t j0,
                                                    int64_t Pp, double* acc) {
-  __m256d s[kR][kC];
-  const double* a[kR];
-  const double* b[kC];
+  const float* a[kR];
+  const float* b[kC];
   for (int64_t r = 0; r < kR; ++r) a[r] = x + (i0 + r) * ld;
   for (int64_t c = 0; c < kC; ++c) b[c] = x + (j0 + c) * ld;
+  for (int64_t e0 = 0; e0 < n; e0 += kBlock) {
+    const int64_t e1 = std::min(n, e0 + kBlock);
+    __m256 s[kR][kC];
 #pragma GCC unroll 4
-  for (int64_t r = 0; r < kR; ++r)
+    for (int64_t r = 0; r < kR; ++r)
 #pragma GCC unroll 4
-    for (int64_t c = 0; c < kC; ++c) s[r][c] = _mm256_loadu_pd(acc + ((i0 + r) * Pp + j0 + c) * kLanes);
-  for (int64_t d = 0; d < n; d += kLanes) {
-    __m256d va[kR];
+      for (int64_t c = 0; c < kC; ++c) s[r][c] = _mm256_setzero_ps();
+    for (int64_t d = e0; d < e1; d += kW) {
+      __m256 va[kR];
 #pragma GCC unroll 4
-    for (int64_t r = 0; r < kR; ++r) va[r] = _mm256_load_pd(a[r] + d);
+      for (int64_t r = 0; r < kR; ++r) va[r] = _mm256_load_ps(a[r] + d);
 #pragma GCC unroll 4
-    for (int64_t c = 0; c < kC; ++c) {
-      const __m256d vb = _mm256_load_pd(b[c] + d);
+      for (int64_t c = 0; c < kC; ++c) {
+        const __m256 vb = _mm256_load_ps(b[c] + d);
 #pragma GCC unroll 4
-      for (int64_t r = 0; r < kR; ++r) s[r][c] = _mm256_fmadd_pd(va[r], vb, s[r][c]);
+        for (int64_t r = 0; r < kR; ++r) s[r][c] = _mm256_fmadd_ps(va[r], vb, s[r][c]);
+      }
     }
+#pragma GCC unroll 4
+    for (int64_t r = 0; r < kR; ++r)
+#pragma GCC unroll 4
+      for (int64_t c = 0; c < kC; ++c) {
+        double* p = acc + ((i0 + r) * Pp + j0 + c) * kW;
+        _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), _mm256_cvtps_pd(_mm256_castps256_ps128(s[r][c]))));
+        _mm256_storeu_pd(p + 4,
+                         _mm256_add_pd(_mm256_loadu_pd(p + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(s[r][c], 1))));
+      }
   }
-#pragma GCC unroll 4
-  for (int64_t r = 0; r < kR; ++r)
-#pragma GCC unroll 4
-    for (int64_t c = 0; c < kC; ++c) _mm256_storeu_pd(acc + ((i0 + r) * Pp + j0 + c) * kLanes, s[r][c]);
 }
 #endif
 
-struct Kernels {
-  ConvertFn convert;
-  TileFn tile;
-};
-
-Kernels pick_kernels() {
+TileFn pick_tile() {
 #ifdef LCFAST_ROW_GRAM_AVX2
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {&convert_avx2, &tile_avx2};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &tile_avx2;
 #endif
-  return {&convert_portable, &tile_portable};
+  return &tile_portable;
 }
 
 // The Gram matrix of one point: rows g (P, D) float32 -> out (P, P) float64.
-// x: scratch of Pp * kChunk doubles (32-byte aligned, rows >= P zero); acc: Pp * Pp * 4.
-void gram_point(const float* g, int64_t P, int64_t D, int64_t Pp, double* x, double* acc, double* out,
-                const Kernels& k) {
-  std::fill(acc, acc + Pp * Pp * kLanes, 0.0);
+// x: scratch of Pp * (kChunk + kSkew) floats (32-byte aligned); acc: Pp * Pp * 8 doubles.
+void gram_point(const float* g, int64_t P, int64_t D, int64_t Pp, float* x, double* acc, double* out, TileFn tile) {
+  std::fill(acc, acc + Pp * Pp * kW, 0.0);
   for (int64_t d0 = 0; d0 < D; d0 += kChunk) {
-    const int64_t m = std::min(kChunk, D - d0), n = round_up(m, kLanes), ld = n + kSkew;
+    const int64_t m = std::min(kChunk, D - d0), n = round_up(m, kW), ld = n + kSkew;
     for (int64_t i = 0; i < P; ++i) {
-      double* dst = x + i * ld;
-      k.convert(g + i * D + d0, m, dst);
-      for (int64_t d = m; d < n; ++d) dst[d] = 0.0;
+      float* dst = x + i * ld;
+      std::memcpy(dst, g + i * D + d0, m * sizeof(float));
+      std::fill(dst + m, dst + n, 0.0f);
     }
-    // rows P .. Pp - 1 of this chunk's layout: zero
-    std::fill(x + P * ld, x + Pp * ld, 0.0);
+    std::fill(x + P * ld, x + Pp * ld, 0.0f);  // padding rows
     for (int64_t i0 = 0; i0 < P; i0 += kR)
-      for (int64_t j0 = 0; j0 <= std::min(i0 + kR - 1, P - 1); j0 += kC) k.tile(x, n, ld, i0, j0, Pp, acc);
+      for (int64_t j0 = 0; j0 <= std::min(i0 + kR - 1, P - 1); j0 += kC) tile(x, n, ld, i0, j0, Pp, acc);
   }
   for (int64_t i = 0; i < P; ++i)
     for (int64_t j = 0; j <= i; ++j) {
-      const double* s = acc + (i * Pp + j) * kLanes;
-      out[i * P + j] = out[j * P + i] = (s[0] + s[1]) + (s[2] + s[3]);
+      const double* s = acc + (i * Pp + j) * kW;
+      out[i * P + j] = out[j * P + i] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
     }
 }
 
@@ -156,7 +154,7 @@ at::Tensor row_gram_cpu(const at::Tensor& g_in) {
   at::Tensor out = at::empty({B, P, P}, g.options().dtype(at::kDouble));
   if (B == 0 || P == 0) return out;
   if (D == 0) return out.zero_();
-  static const Kernels kernels = pick_kernels();
+  static const TileFn tile = pick_tile();
   const int64_t Pp = std::max(round_up(P, kR), round_up(P, kC));
   const float* gp = g.data_ptr<float>();
   double* op = out.data_ptr<double>();
@@ -165,10 +163,10 @@ at::Tensor row_gram_cpu(const at::Tensor& g_in) {
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, P * P * D / 2));
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
     // scratch: 32-byte aligned chunk rows (n is a multiple of 4 doubles)
-    std::vector<double> buf(Pp * (kChunk + kSkew) + Pp * Pp * kLanes + 4);
-    double* x = reinterpret_cast<double*>((reinterpret_cast<uintptr_t>(buf.data()) + 31) & ~uintptr_t(31));
-    double* acc = x + Pp * (kChunk + kSkew);
-    for (int64_t b = begin; b < end; ++b) gram_point(gp + b * P * D, P, D, Pp, x, acc, op + b * P * P, kernels);
+    std::vector<double> acc(Pp * Pp * kW);
+    std::vector<float> buf(Pp * (kChunk + kSkew) + 8);
+    float* x = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 31) & ~uintptr_t(31));
+    for (int64_t b = begin; b < end; ++b) gram_point(gp + b * P * D, P, D, Pp, x, acc.data(), op + b * P * P, tile);
   });
   return out;
 }
