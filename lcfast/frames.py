@@ -21,10 +21,13 @@ bit-identical; tests/test_frames.py).  The CPU and CUDA kernels share one source
 correctly rounded IEEE operations with explicit fma, so they should give the same bits
 (checked across host ISAs and contraction flags; not yet on a GPU).
 
-The rows are then orthonormalised by CholeskyQR (:func:`orthonormal_rows`: float32
-Gram matrices and products, ``P x P`` Cholesky factors in float64; one pass when
-``D >= 8 P``, two otherwise): orthonormal to about 1e-6 (measured up to 1.35e-6 for
-3x224x224 x 25, 5.2e-7 for 784 x 25; tests/test_frames.py).  With one pass a frame is
+The rows are then orthonormalised by CholeskyQR (:func:`orthonormal_rows`: Gram
+matrices by :func:`lcfast.ops.row_gram.row_gram` (on the CPU float32 fma lanes summed in
+float64, within ~1e-7 of exact; elsewhere float32 ``bmm``), float32 products, ``P x P``
+Cholesky factors in float64; one pass when ``D >= 8 P``, two otherwise): orthonormal to
+about 1e-6 (measured on the CPU, seeds 0-2, since lcfast-frames-4: 9.0e-8 for
+3x224x224 x 25, 1.6e-7 for 784 x 25, 2.0e-7 for 17 x 17; with the float32 ``bmm`` Gram
+1.35e-6 and 5.2e-7; tests/test_frames.py).  With one pass a frame is
 ``mix @ gauss`` (``P x P`` times the Gaussian rows), and :func:`factored_frames` hands
 out the two factors so that an engine whose first op is linear never writes the frame
 (``W V = mix (W gauss)``, :class:`FactoredFrames`).  A frame is computed once
@@ -192,8 +195,9 @@ def orthonormal_rows(a: torch.Tensor) -> torch.Tensor:
     """Rows of ``a`` orthonormalised: ``Q^T`` of ``a^T = QR`` with ``diag(R) > 0``.
 
     CholeskyQR (``L = chol(q q^T)``, ``q <- L^-1 q``), once when ``D >= 8 P`` and twice
-    otherwise (:data:`_ONE_PASS`; made for Gaussian rows), with the Gram matrix and the
-    product in ``a``'s dtype and the ``P x P`` factor and its inverse in float64: batched
+    otherwise (:data:`_ONE_PASS`; made for Gaussian rows), with the Gram matrix by
+    :func:`lcfast.ops.row_gram.row_gram`, the product in ``a``'s dtype and the ``P x P``
+    factor and its inverse in float64: batched
     matmuls only.  In float32 orthonormal to ~1e-6 (tests/test_frames.py).  A point
     whose Cholesky factor fails or is too ill-conditioned (:data:`_COND_LIMIT`) gets
     Householder QR in float64; the choice depends on the point alone, never on the rest
