@@ -16,6 +16,10 @@
 // variant summing exact float64 products (4 lanes, rows converted to float64) reached
 // 2e-15 but took 41.5 ms: twice the FMAs plus the conversion.  Of the 19.5 ms about
 // half is copying the rows (78 MB from memory) into the chunk (perf), half the tiles.
+// Again at load ~1 (min of 5, one thread / two threads wall): 24.5-26.7 ms / 12.4 ms
+// against 43.5 / 20.3 for the bmm; 2 x 25 x 3x224x224 9.2 / 5.0 against 15.7 / 8.2.
+// Tried without a measurable gain at load 3 (noise +-20%): reading the rows in place
+// where they are not 4K-aliased (no copy), and prefetching the next chunk.
 //
 // Layout of the work: one point per iteration of at::parallel_for.  Its rows are copied
 // kChunk columns at a time into a scratch block (zero rows and columns pad P and the
@@ -158,11 +162,11 @@ at::Tensor row_gram_cpu(const at::Tensor& g_in) {
   const int64_t Pp = std::max(round_up(P, kR), round_up(P, kC));
   const float* gp = g.data_ptr<float>();
   double* op = out.data_ptr<double>();
-  // Points per task: at least ~2^22 multiply-adds (~1 ms), so that small batches do not
-  // wake the thread pool (unmeasured).
+  // Points per task: at least ~2^22 multiply-adds, so that small batches do not wake
+  // the thread pool (unmeasured).
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, P * P * D / 2));
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-    // scratch: 32-byte aligned chunk rows (n is a multiple of 4 doubles)
+    // scratch: the chunk (32-byte aligned; n and ld are multiples of 8 floats) and the lane sums
     std::vector<double> acc(Pp * Pp * kW);
     std::vector<float> buf(Pp * (kChunk + kSkew) + 8);
     float* x = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 31) & ~uintptr_t(31));
