@@ -1,5 +1,6 @@
 """Op-level benchmark of lcfast::crossing_act (C++ CPU kernel) against the reference
-expression (crossing rule with amin/amax + torch.relu), side by side in one run.
+expression (crossing rule with amin/amax + torch.relu), side by side in one run; and
+lcfast::row_gram against ``(g @ g.mT).to(torch.float64)`` (end of the file).
 
     python -m pytest benchmarks/test_bench_native_op.py --benchmark-only
 
@@ -107,3 +108,27 @@ def test_bench_absmax_rows(benchmark, shape_name, method):
     benchmark.extra_info.update(
         shape=list(ABSMAX_SHAPES[shape_name]), rows=ABSMAX_ROWS, dtype="float32", method=method,
         threads=torch.get_num_threads(), speedup_vs_torch=(ref / med) if (ref and method != "torch") else None)
+
+
+# lcfast::row_gram (csrc/row_gram_cpu.cpp) against the expression it replaces in
+# lcfast.frames, on MNIST-sized frames (1,000 points x 25 rows x 784) and two ImageNet-
+# sized ones (2 x 25 x 3x224x224); torch first so the op's row carries the ratio.
+GRAM_SHAPES = {"mnist_1000x25x784": (1000, 25, 784), "imagenet_2x25x150528": (2, 25, 3 * 224 * 224)}
+GRAM_CASES = [(s, m) for s in GRAM_SHAPES for m in ("torch", "native_op")]
+
+
+@pytest.mark.parametrize("shape_name,method", GRAM_CASES, ids=[f"{s}-{m}" for s, m in GRAM_CASES])
+def test_bench_row_gram(benchmark, shape_name, method):
+    from lcfast.ops.row_gram import row_gram_torch
+
+    g = torch.randn(*GRAM_SHAPES[shape_name], generator=torch.Generator().manual_seed(0))
+    fn = (lambda: row_gram_torch(g)) if method == "torch" else (lambda: torch.ops.lcfast.row_gram(g))
+    if method == "native_op":  # correctness once, outside the timing (float32 bmm's error ~4e-7)
+        assert torch.allclose(fn(), row_gram_torch(g.double()), rtol=0, atol=1e-5 * g.shape[-1])
+    benchmark.group = f"row_gram {shape_name}"
+    benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
+    med = benchmark.stats.stats.median
+    _MEDIANS[("row_gram", shape_name, method)] = med
+    ref = _MEDIANS.get(("row_gram", shape_name, "torch"))
+    benchmark.extra_info.update(shape=list(GRAM_SHAPES[shape_name]), dtype="float32", method=method,
+                                threads=torch.get_num_threads(), speedup_vs_reference=(ref / med) if ref else None)

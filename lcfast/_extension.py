@@ -42,4 +42,9 @@ def has_kernel(op: str, device_type: str) -> bool:
     if ERROR is not None:
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"lcfast::{op}", key)
+    if key is None:
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"lcfast::{op}", key)
+    except RuntimeError:  # an extension built before the op existed: no such schema
+        return False

@@ -21,10 +21,13 @@ bit-identical; tests/test_frames.py).  The CPU and CUDA kernels share one source
 correctly rounded IEEE operations with explicit fma, so they should give the same bits
 (checked across host ISAs and contraction flags; not yet on a GPU).
 
-The rows are then orthonormalised by CholeskyQR (:func:`orthonormal_rows`: float32
-Gram matrices and products, ``P x P`` Cholesky factors in float64; one pass when
-``D >= 8 P``, two otherwise): orthonormal to about 1e-6 (measured up to 1.35e-6 for
-3x224x224 x 25, 5.2e-7 for 784 x 25; tests/test_frames.py).  With one pass a frame is
+The rows are then orthonormalised by CholeskyQR (:func:`orthonormal_rows`: Gram
+matrices by :func:`lcfast.ops.row_gram.row_gram` (on the CPU float32 fma lanes summed in
+float64, within ~1e-7 of exact; elsewhere float32 ``bmm``), float32 products, ``P x P``
+Cholesky factors in float64; one pass when ``D >= 8 P``, two otherwise): orthonormal to
+about 1e-6 (measured on the CPU, seeds 0-2, since lcfast-frames-4: 9.0e-8 for
+3x224x224 x 25, 1.6e-7 for 784 x 25, 2.0e-7 for 17 x 17; with the float32 ``bmm`` Gram
+1.35e-6 and 5.2e-7; tests/test_frames.py).  With one pass a frame is
 ``mix @ gauss`` (``P x P`` times the Gaussian rows), and :func:`factored_frames` hands
 out the two factors so that an engine whose first op is linear never writes the frame
 (``W V = mix (W gauss)``, :class:`FactoredFrames`).  A frame is computed once
@@ -45,11 +48,13 @@ from typing import NamedTuple
 import torch
 
 from . import _extension
+from .ops.row_gram import row_gram
 
 __all__ = ["FRAMES_VERSION", "FactoredFrames", "frame_keys", "counter_normal", "counter_normal_torch", "factorable",
            "factored_frames", "gaussian_frames", "orthonormal_rows", "random_frames", "shared_frame"]
 
-FRAMES_VERSION = "lcfast-frames-3/splitmix64-counter/box-muller-f32/row-major/choleskyqr-f32-1pass-from-8P"
+FRAMES_VERSION = ("lcfast-frames-4/splitmix64-counter/box-muller-f32/row-major/choleskyqr-f32-1pass-from-8P"
+                  "/gram-native-f32-blocks-f64")
 
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -174,10 +179,11 @@ _ONE_PASS = 8
 
 def _inverse_factor(q: torch.Tensor):
     """``(T, gram, failed, ill)`` for rows ``q`` ``(B, P, D)``: ``T = L^-1`` ``(B, P, P)``
-    float64 with ``L L^T = q q^T`` (Cholesky; ``q q^T`` in ``q``'s dtype, then float64),
+    float64 with ``L L^T = q q^T`` (Cholesky; ``q q^T`` by :func:`lcfast.ops.row_gram.row_gram`:
+    the native op for float32 on the CPU, else in ``q``'s dtype, then float64),
     that Gram matrix ``(B, P, P)`` float64, and two ``(B,)`` bool: the points whose
     factor failed, and those whose factor is too ill-conditioned (:data:`_COND_LIMIT`)."""
-    gram = (q @ q.mT).to(torch.float64)
+    gram = row_gram(q)
     L, info = torch.linalg.cholesky_ex(gram)
     d = L.diagonal(dim1=-2, dim2=-1)
     eye = torch.eye(q.shape[-2], dtype=torch.float64, device=q.device)
@@ -189,8 +195,9 @@ def orthonormal_rows(a: torch.Tensor) -> torch.Tensor:
     """Rows of ``a`` orthonormalised: ``Q^T`` of ``a^T = QR`` with ``diag(R) > 0``.
 
     CholeskyQR (``L = chol(q q^T)``, ``q <- L^-1 q``), once when ``D >= 8 P`` and twice
-    otherwise (:data:`_ONE_PASS`; made for Gaussian rows), with the Gram matrix and the
-    product in ``a``'s dtype and the ``P x P`` factor and its inverse in float64: batched
+    otherwise (:data:`_ONE_PASS`; made for Gaussian rows), with the Gram matrix by
+    :func:`lcfast.ops.row_gram.row_gram`, the product in ``a``'s dtype and the ``P x P``
+    factor and its inverse in float64: batched
     matmuls only.  In float32 orthonormal to ~1e-6 (tests/test_frames.py).  A point
     whose Cholesky factor fails or is too ill-conditioned (:data:`_COND_LIMIT`) gets
     Householder QR in float64; the choice depends on the point alone, never on the rest
