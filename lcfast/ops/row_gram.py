@@ -1,8 +1,9 @@
 """The native op ``lcfast::row_gram``: Gram matrices of blocks of rows, ``g g^T`` per
 point, in float64 (the Gram step of the CholeskyQR in :mod:`lcfast.frames`).
 
-C++ CPU kernel in ``csrc/row_gram_cpu.cpp`` (float32 products, exact in float64, summed
-in float64: within ``(D - 1) 2^-53 |g_i| |g_j|`` of the exact value; exactly symmetric).
+C++ CPU kernel in ``csrc/row_gram_cpu.cpp`` (float32 fma sums over blocks of 32 columns
+per lane, the blocks and lanes added in float64: within ``33 * 2^-24 |g_i| |g_j|`` of the
+exact value, measured 7.5e-8 against the float32 bmm's 4.0e-7; exactly symmetric).
 No CUDA kernel: on a GPU, and for dtypes other than float32, :func:`row_gram` is the
 torch expression ``(g @ g.mT).to(torch.float64)`` (a Gram matrix in ``g``'s dtype).
 """
@@ -29,7 +30,7 @@ def row_gram(g: torch.Tensor) -> torch.Tensor:
     """Gram matrices of the rows of each point: ``out[b, i, j] = sum_d g[b, i, d] g[b, j, d]``.
 
     The native op where the extension has a kernel for ``g``'s device (the CPU) and ``g``
-    is float32 (float64 sums of exact products); else :func:`row_gram_torch` (CUDA, other
+    is float32 (float32 block sums added in float64); else :func:`row_gram_torch` (CUDA, other
     dtypes, no extension), which sums in ``g``'s dtype.
 
     Args:
