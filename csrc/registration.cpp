@@ -1,9 +1,11 @@
 // Schemas of the lcfast native ops (one TORCH_LIBRARY for the namespace) and the
 // Python module init of lcfast._C.  Kernels: crossing_act_cpu.cpp, counter_normal_cpu.cpp,
-// absmax_rows_cpu.cpp and row_gram_cpu.cpp (CPU), cuda/crossing_act_cuda.cu,
-// cuda/counter_normal_cuda.cu and cuda/absmax_rows_cuda.cu (CUDA; row_gram has none).
+// absmax_rows_cpu.cpp, row_gram_cpu.cpp and chol_inverse_cpu.cpp (CPU),
+// cuda/crossing_act_cuda.cu, cuda/counter_normal_cuda.cu and cuda/absmax_rows_cuda.cu
+// (CUDA; row_gram and chol_inverse have none).
 // Fake (meta) implementations are registered from Python (lcfast/ops/native_crossing_act.py,
-// lcfast/frames.py, lcfast/ops/absmax_rows.py, lcfast/ops/row_gram.py).  Triton ops of the same namespace are added
+// lcfast/frames.py, lcfast/ops/absmax_rows.py, lcfast/ops/row_gram.py,
+// lcfast/ops/chol_inverse.py).  Triton ops of the same namespace are added
 // from Python with torch.library.triton_op, which registers a FRAGMENT and coexists
 // with this library in either import order.
 #include <Python.h>
@@ -22,6 +24,8 @@ TORCH_LIBRARY(lcfast, m) {
   m.def("absmax_rows(Tensor a, int rows) -> Tensor");
   // Gram matrices of row blocks: (B, P, D) float32 -> (B, P, P) float64 (row_gram_cpu.cpp)
   m.def("row_gram(Tensor g) -> Tensor");
+  // Cholesky factor's inverse of small SPD matrices: (B, P, P) float64 -> (T, info, diag(L))
+  m.def("chol_inverse(Tensor a) -> (Tensor, Tensor, Tensor)");
 }
 
 extern "C" PyMODINIT_FUNC PyInit__C(void) {

@@ -48,13 +48,14 @@ from typing import NamedTuple
 import torch
 
 from . import _extension
+from .ops.chol_inverse import chol_inverse
 from .ops.row_gram import row_gram
 
 __all__ = ["FRAMES_VERSION", "FactoredFrames", "frame_keys", "counter_normal", "counter_normal_torch", "factorable",
            "factored_frames", "gaussian_frames", "orthonormal_rows", "random_frames", "shared_frame"]
 
-FRAMES_VERSION = ("lcfast-frames-4/splitmix64-counter/box-muller-f32/row-major/choleskyqr-f32-1pass-from-8P"
-                  "/gram-native-f32-blocks-f64")
+FRAMES_VERSION = ("lcfast-frames-5/splitmix64-counter/box-muller-f32/row-major/choleskyqr-f32-1pass-from-8P"
+                  "/gram-native-f32-blocks-f64/chol-inverse-native")
 
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -179,15 +180,13 @@ _ONE_PASS = 8
 
 def _inverse_factor(q: torch.Tensor):
     """``(T, gram, failed, ill)`` for rows ``q`` ``(B, P, D)``: ``T = L^-1`` ``(B, P, P)``
-    float64 with ``L L^T = q q^T`` (Cholesky; ``q q^T`` by :func:`lcfast.ops.row_gram.row_gram`:
+    float64 with ``L L^T = q q^T`` (Cholesky and inverse by
+    :func:`lcfast.ops.chol_inverse.chol_inverse`; ``q q^T`` by :func:`lcfast.ops.row_gram.row_gram`:
     the native op for float32 on the CPU, else in ``q``'s dtype, then float64),
     that Gram matrix ``(B, P, P)`` float64, and two ``(B,)`` bool: the points whose
     factor failed, and those whose factor is too ill-conditioned (:data:`_COND_LIMIT`)."""
     gram = row_gram(q)
-    L, info = torch.linalg.cholesky_ex(gram)
-    d = L.diagonal(dim1=-2, dim2=-1)
-    eye = torch.eye(q.shape[-2], dtype=torch.float64, device=q.device)
-    T = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
+    T, info, d = chol_inverse(gram)  # one parallel loop on the CPU (lcfast/ops/chol_inverse.py)
     return T, gram, info != 0, d.amax(-1) > _COND_LIMIT * d.amin(-1)
 
 
