@@ -75,23 +75,20 @@ def _both(x, fn, lay: Layout, band_fn=None):
 
 
 def _weighted(x, fn, k, c_out=None):
-    """A linear ``fn(t, k)`` with a constant operand ``k`` (no bias) applied to both
-    offset parts, the pending offset scale folded into ``k`` (a weight is far smaller
-    than the input's ``N * P`` offset rows).  A pending :class:`RowMix` is applied to the
-    output instead of the input when the op keeps ``x``'s layout (``c_out``, its centre,
-    given) and its output is no larger (the first dense layer: ``W V = mix (W gauss)``,
-    :class:`lcfast.frames.FactoredFrames`); else to the input first."""
+    """A linear ``fn(t, k)`` (constant operand ``k``, no bias) on both offset parts, the
+    pending offset scale folded into ``k`` (far smaller than the ``N * P`` offset rows); a
+    pending :class:`RowMix` goes on the output when the op keeps ``x``'s layout (``c_out``,
+    its centre, given) and is no larger (``W V = mix (W gauss)``), else on the input."""
     x.ctx.count_op(x)
     a, scale = x.raw_a()
-    if isinstance(scale, RowMix):
-        after = c_out is not None and c_out.numel() <= x.c.numel()
-        if not after:
-            a, scale = x.a, 1.0
-    ka = k if isinstance(scale, RowMix) or scale == 1.0 else k * scale
+    mix = scale if isinstance(scale, RowMix) else None
+    if mix is not None and (c_out is None or c_out.numel() > x.c.numel()):
+        a, scale, mix = x.a, 1.0, None  # cheaper multiplied out on the input
+    ka = k if mix is not None or scale == 1.0 else k * scale
     with x.ctx.offset_math(a.device):
         da = fn(a, ka)
-        if isinstance(scale, RowMix):
-            da = mix_rows(da, x.lay, x.ctx.n, scale.t)
+        if mix is not None:
+            da = mix_rows(da, x.lay, x.ctx.n, mix.t)
             x.ctx.frames_mix = "output of the first linear op"
         return da, (None if x.s is None else fn(x.s, k))
 
