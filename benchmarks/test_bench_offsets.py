@@ -15,6 +15,9 @@ against float64)::
 Ratios in process CPU time, one thread (for a shared, loaded machine)::
 
     python benchmarks/test_bench_offsets.py --cpu-time
+
+The bf16 workloads of issue 10 (ResNet18 224 px, on a CPU with native bf16: avx512_bf16
+or AMX), same measure: ``--cpu-time-bf16``.
 """
 from __future__ import annotations
 
@@ -177,6 +180,15 @@ def accuracy_table(radii=(1e-4, 1e-3, 5e-3), models=None) -> str:
     return "\n".join(lines)
 
 
+def _cpu_time(fn, rounds):
+    ts, out = [], None
+    for _ in range(rounds):
+        t = time.process_time()
+        out = fn()
+        ts.append(time.process_time() - t)
+    return statistics.median(ts), out
+
+
 def cpu_time_table(rounds: int = 3) -> str:
     """Markdown rows: the issue-10 workloads, one thread, median process CPU time of the
     offsets engine (float32, frames given) and of the bare float32 forward of the same
@@ -189,14 +201,7 @@ def cpu_time_table(rounds: int = 3) -> str:
     for name, (model, x, r) in WORKLOADS.items():
         model.eval()
         dirs = frames.random_frames(x.shape[1:], 25, 0, torch.arange(x.shape[0]), dtype=torch.float32)
-
-        def cpu(fn):
-            ts = []
-            for _ in range(rounds):
-                t = time.process_time()
-                out = fn()
-                ts.append(time.process_time() - t)
-            return statistics.median(ts), out
+        cpu = lambda fn: _cpu_time(fn, rounds)  # noqa: E731
         tb, _ = cpu(_runner("bare", model, x, dirs, r))
         to, res = cpu(_runner("offsets-f32", model, x, dirs, r))
         # what a user's default-frames call costs: frames drawn by the call, validation, planning
@@ -207,7 +212,55 @@ def cpu_time_table(rounds: int = 3) -> str:
     return "\n".join(lines)
 
 
+def cpu_time_table_bf16(rounds: int = 3) -> str:
+    """Markdown rows: the ResNet18 workloads with bf16 offsets (issue 10's CPU bf16
+    targets: <= 0.6x the bare float32 forward at r = 5e-3, <= 0.35x at r = 1e-4), one
+    thread, median process CPU time: the bare float32 and bf16 forwards of the vertices,
+    the engine with frames given around a float32 and a float64 centre, and the user's
+    default call ``local_complexity(dtype=torch.bfloat16)`` (frames drawn, float64
+    centre: ``lcfast.engine.low_precision_route``); totals against float64 on the same
+    frames (``lcfast.testing.low_precision_criterion``)."""
+    import copy
+    from lcfast.testing import low_precision_criterion
+    torch.set_num_threads(1)
+    lines = [f"bf16 on this CPU: oneDNN bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, "
+             f"ATen CPU capability {torch.backends.cpu.get_cpu_capability()}", "",
+             "| workload | bare f32 s | bare bf16 s (/ f32) | offsets bf16, f32 centre s (/ bare f32) | "
+             "offsets bf16, f64 centre s (/ bare f32) | user call s (/ bare f32) | total: f32 centre / f64 centre "
+             "/ call / float64 |",
+             "|---|---|---|---|---|---|---|"]
+    for name, (model, x, r) in WORKLOADS.items():
+        if not name.startswith("resnet18"):
+            continue
+        model.eval()
+        n = x.shape[0]
+        dirs = frames.random_frames(x.shape[1:], 25, 0, torch.arange(n), dtype=torch.float32)
+        mb = copy.deepcopy(model).to(torch.bfloat16)  # the user's model is not touched
+        v = vertices(x, dirs, r)
+        tb, _ = _cpu_time(_runner("bare", model, x, dirs, r), rounds)
+        with torch.no_grad():
+            tbb, _ = _cpu_time(lambda: mb(v.to(torch.bfloat16)), rounds)
+        t32, o32 = _cpu_time(lambda: offsets_local_complexity(model, x, radius=r, directions=dirs,
+                                                              dtype=torch.bfloat16, centre_dtype=torch.float32), rounds)
+        t64, o64 = _cpu_time(lambda: offsets_local_complexity(model, x, radius=r, directions=dirs,
+                                                              dtype=torch.bfloat16, centre_dtype=torch.float64), rounds)
+        tc, oc = _cpu_time(lambda: lcfast.local_complexity(model, x, radius=r, n_dirs=25, dtype=torch.bfloat16), rounds)
+        ref = lcfast.local_complexity(model, x, radius=r, directions=dirs, dtype=torch.float64, backend="reference")
+        refc = lcfast.local_complexity(model, x, radius=r, n_dirs=25, dtype=torch.float64, backend="reference")
+        ok = [low_precision_criterion(o.counts, f.counts) is None for o, f in ((o32, ref), (o64, ref), (oc, refc))]
+        tot = " / ".join(f"{int(o.counts.sum())}{'' if k else ' FAIL'}" for o, k in zip((o32, o64, oc), ok))
+        lines.append(f"| {name} (N={n}) | {tb:.3f} | {tbb:.3f} ({tbb / tb:.2f}x) | {t32:.3f} (**{t32 / tb:.2f}x**) | "
+                     f"{t64:.3f} (**{t64 / tb:.2f}x**) | {tc:.3f} (**{tc / tb:.2f}x**) | {tot} / "
+                     f"{int(ref.counts.sum())} (call's frames: {int(refc.counts.sum())}) |")
+        print(lines[-1], f"(load {_load()})", flush=True)
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
+    if "--cpu-time-bf16" in sys.argv:
+        print(f"load at start: {_load()}")
+        print(cpu_time_table_bf16())
+        print(f"load at end: {_load()}")
     if "--cpu-time" in sys.argv:
         print(f"load at start: {_load()}")
         print(cpu_time_table())

@@ -1,10 +1,12 @@
-"""float32 counts equal float64 counts on the zoo models (issue: foundation)."""
+"""float32 counts equal float64 counts on the zoo models (issue: foundation), or where they
+differ, only by neurons float32 rounding may flip (the tolerance rule)."""
 import pytest
 import torch
 import torch.nn as nn
 
 import lcfast
 import zoo
+from lcfast.testing import assert_counts_match, float64_oracle
 
 MODELS = {
     "mlp-relu": (lambda: zoo.mlp(act=nn.ReLU), (20,)),
@@ -30,8 +32,14 @@ def test_float32_equals_float64(name, radius):
     r64 = lcfast.local_complexity(model, x, radius=radius, n_dirs=P, backend="reference", dtype=torch.float64)
     assert r32.sites == r64.sites
     assert r32.meta["dtype"] == "float32" and r64.meta["dtype"] == "float64"
-    assert torch.equal(r32.counts, r64.counts)
     assert r64.counts.sum() > 0  # the comparison is not vacuous
+    if not torch.equal(r32.counts, r64.counts):
+        # float32 convolutions round differently per CPU (oneDNN picks kernels by ISA): on an
+        # AVX-512 EPYC (1 Dec 2026) resnet50 at r = 1e-3 differed in 1 cell by 1, with 17
+        # neurons float32 rounding may flip; elsewhere equal.  So: the tolerance rule.
+        oracle = float64_oracle(model, x, radius=radius, n_dirs=P)
+        assert torch.equal(oracle.counts, r64.counts)
+        assert_counts_match(r32.counts, oracle)
 
 
 def test_vertex_push_warns_when_offsets_are_a_few_ulps():

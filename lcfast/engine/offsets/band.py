@@ -28,6 +28,13 @@ float64's counts; the others are recomputed in float64 (:mod:`.runner`).  The ba
 uses the tolerance rule's ``K`` (measured for the vertex push; the certified-mode tests
 compare with float64 on the zoo models at bf16, fp16 and fp32, which would expose a
 ``K`` too small for the offsets' arithmetic).
+
+The band itself is carried in :data:`BAND_DTYPE` (float32) whatever the centre dtype:
+it is a scale, not a value, and its convolutions on absolute values would otherwise run
+in float64 with a float64 centre (the default of ``dtype=torch.bfloat16``), where the
+CPU has no fast convolution.  Its own float32 rounding (relative ``<= n u_32`` for a
+sum of ``n`` non-negative terms, 2.7e-4 at ``n = 4,608``) is far inside the factor
+``K = 32``; the unit roundoffs in it stay those of the centre and offsets dtypes.
 """
 from __future__ import annotations
 
@@ -36,7 +43,14 @@ import torch
 from ...tolerance import K, unit_roundoff
 from .tensor import OffsetTensor, from_pts, merge, split, to_pts
 
-__all__ = ["offsets_unit_roundoff", "abs_const", "column_norms", "bn_band", "activation_band", "producer_band", "point_band", "ambiguous_at", "with_band"]
+__all__ = ["BAND_DTYPE", "offsets_unit_roundoff", "abs_const", "column_norms", "bn_band", "activation_band", "producer_band", "point_band", "ambiguous_at", "with_band"]
+
+
+# dtype of the band (above).  ResNet18 224 px, 2 points, P = 25, bf16 offsets around a
+# float64 centre, one thread, CPU time (AMD EPYC with AVX-512, 1 Dec 2026, load ~1): the
+# band's float64 convolutions (torch's slow_conv2d: no oneDNN for float64) cost 0.21-0.28 s
+# of a 1.3 / 2.0 s call at r = 1e-4 / 5e-3.
+BAND_DTYPE = torch.float32
 
 
 def offsets_unit_roundoff(dtype: torch.dtype, tf32: bool) -> float:
@@ -46,31 +60,32 @@ def offsets_unit_roundoff(dtype: torch.dtype, tf32: bool) -> float:
 
 
 def abs_const(x: OffsetTensor, t):
-    """``|t|`` of a constant operand (weight, bias) in the centre dtype, cached per
+    """``|t|`` of a constant operand (weight, bias) in :data:`BAND_DTYPE`, cached per
     storage and version like the offsets' cast weights; ``None`` stays ``None``."""
     if not isinstance(t, torch.Tensor):
         return None if t is None else abs(t)
-    return x.ctx.derived(t, "abs", lambda w: w.detach().abs().to(x.c.dtype))
+    return x.ctx.derived(t, "abs", lambda w: w.detach().abs().to(BAND_DTYPE))
 
 
 def column_norms(x: OffsetTensor, w: torch.Tensor):
     """``(F_out,)`` 2-norms of the columns of a constant ``(F_in, F_out)`` right operand
-    (a dense layer's weight rows), centre dtype, cached; ``None`` unless bands are
-    tracked."""
+    (a dense layer's weight rows), computed in the centre dtype, kept in :data:`BAND_DTYPE`,
+    cached; ``None`` unless bands are tracked."""
     if not x.ctx.track_band:
         return None
-    return x.ctx.derived(w, "colnorm", lambda t: torch.linalg.vector_norm(t.detach().to(x.c.dtype), dim=0))
+    return x.ctx.derived(w, "colnorm",
+                         lambda t: torch.linalg.vector_norm(t.detach().to(x.c.dtype), dim=0).to(BAND_DTYPE))
 
 
-def bn_band(band: torch.Tensor, g: torch.Tensor, bias, mean: torch.Tensor) -> torch.Tensor:
+def bn_band(band: torch.Tensor, g: torch.Tensor, bias, mean: torch.Tensor, u: float) -> torch.Tensor:
     """Batch norm's output band (an elementwise affine ``g (x - mean) + bias``, ``g``
     per channel, broadcastable to ``band``): ``|g| band + K u (|g| |mean| + |bias|)``, the
-    tolerance rule's batch-norm scale."""
+    tolerance rule's batch-norm scale, ``u`` the centre's unit roundoff."""
     g = g.abs()
     own = g * mean.to(band.dtype).abs().reshape(g.shape)
     if bias is not None:
         own = own + bias.to(band.dtype).abs().reshape(g.shape)
-    return band * g + own * (K * unit_roundoff(band.dtype))
+    return band * g + own * (K * u)
 
 
 def activation_band(band, c_out: torch.Tensor, slope: float):
@@ -78,7 +93,7 @@ def activation_band(band, c_out: torch.Tensor, slope: float):
     ``K u |out|``, as the tolerance rule's ``L s(x) + |out|``; ``None`` stays ``None``."""
     if band is None:
         return None
-    return band * max(1.0, abs(slope)) + c_out.abs() * (K * unit_roundoff(c_out.dtype))
+    return band * max(1.0, abs(slope)) + (c_out.abs() * (K * unit_roundoff(c_out.dtype))).to(band.dtype)
 
 
 def _offset_bound(x: OffsetTensor) -> torch.Tensor:
@@ -118,7 +133,7 @@ def producer_band(x: OffsetTensor, abs_op, bias_abs=None, weight_norms=None):
             every layer, 4.4% with this, measured).
 
     Returns:
-        centre-shaped band of the output, centre dtype, or ``None``.
+        centre-shaped band of the output, :data:`BAND_DTYPE`, or ``None``.
     """
     ctx = x.ctx
     if not ctx.track_band:
@@ -126,9 +141,10 @@ def producer_band(x: OffsetTensor, abs_op, bias_abs=None, weight_norms=None):
     u_c = unit_roundoff(x.c.dtype)
     if weight_norms is not None and x.s is None and x.dim() == 2 and x.lay.bdim == 0 and x.lay.outer == 1 \
             and x.lay.inner == 1:
-        band = abs_op(x.c.abs() * (K * u_c)) + _row_norm_bound(x) * weight_norms * (K * ctx.u_offsets)
+        band = abs_op((x.c.abs() * (K * u_c)).to(BAND_DTYPE)) \
+            + _row_norm_bound(x).to(BAND_DTYPE) * weight_norms * (K * ctx.u_offsets)
     else:
-        band = abs_op(x.c.abs() * (K * u_c) + _offset_bound(x) * (K * ctx.u_offsets))
+        band = abs_op((x.c.abs() * (K * u_c) + _offset_bound(x) * (K * ctx.u_offsets)).to(BAND_DTYPE))
     if bias_abs is not None:
         band = band + bias_abs * (K * u_c)
     return band

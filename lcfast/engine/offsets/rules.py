@@ -13,9 +13,9 @@ import torch
 from . import nonlinear as nl
 from .nonlinear import RULES, rule as _rule
 from .layout import align_binary, norm_dim, out_layout, view_sizes
-from .band import abs_const, bn_band, column_norms, producer_band
+from .band import BAND_DTYPE, abs_const, bn_band, column_norms, producer_band
 from .tensor import Layout, OffsetTensor, OffsetsError, RowMix, align, lift, mix_rows
-from ...tolerance import BATCH_NORM_WITH_TRAINING_FLAG
+from ...tolerance import BATCH_NORM_WITH_TRAINING_FLAG, unit_roundoff
 
 aten = torch.ops.aten
 __all__ = ["dispatch", "RULES"]
@@ -224,7 +224,8 @@ def _cat(func, args, kwargs):
     ts = [t if isinstance(t, OffsetTensor) else lift(t, ref, b) for t in tensors]
     if any(t.lay != ref.lay for t in ts):
         raise OffsetsError("cat of tensors holding the vertex batch in different places")
-    bands = [t.band if isinstance(t0, OffsetTensor) else torch.zeros_like(t.c) for t0, t in zip(tensors, ts)]
+    bands = [t.band if isinstance(t0, OffsetTensor) else t.c.new_zeros(t.c.shape, dtype=BAND_DTYPE)
+             for t0, t in zip(tensors, ts)]
     ts = align(ts)
     s = None if ts[0].s is None else torch.cat([t.s for t in ts], dim)
     band = None if any(b is None for b in bands) else torch.cat(bands, dim)
@@ -382,8 +383,8 @@ def _batch_norm(func, args, kwargs):
     out = func(x.c, *args[1:], **kwargs)
     scale = _bn_scale(weight, var, eps, x.a)
     a, s = _parts(x, lambda t: t * scale)
-    return (x.with_parts(out[0], a, s, band=_band(x, lambda t: bn_band(t, _bn_scale(weight, var, eps, t), bias, mean))),
-            *out[1:])
+    band = _band(x, lambda t: bn_band(t, _bn_scale(weight, var, eps, t), bias, mean, unit_roundoff(x.c.dtype)))
+    return (x.with_parts(out[0], a, s, band=band), *out[1:])
 
 
 
