@@ -154,6 +154,38 @@ def test_argmax_switch_breaks_antisymmetry():
     assert out.s is not None and out.bidx.tolist() == [0]  # broken: a symmetric part
 
 
+def test_max_pool_exact_ties_are_not_switches():
+    """Windows whose tied elements have no offsets (a ReLU's dead zeros, equal constants)
+    are cleared without evaluating the vertices, since pooling breaks ties by scan order
+    at every vertex as at the centre; a tie with an element that moves is still a switch.
+    Values and indices equal pooling the vertices."""
+    import torch.nn.functional as F
+    from lcfast.engine.offsets.runner import input_tensor
+    from lcfast.engine.offsets.tensor import OffsetContext
+    # windows (0, 1): zeros, (2, 3): equal constants, (4, 5): 1.0 moving vs 1.0 fixed (a
+    # switch at the vertex that lowers element 4), (6, 7): an ordinary window
+    x = torch.tensor([[[0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0]]], dtype=torch.float64)
+    dirs = torch.zeros(2, 1, 8, dtype=torch.float64)
+    dirs[0, 0, 4], dirs[1, 0, 7] = 1.0, 1.0
+    r = 0.01
+    ctx = OffsetContext(1, 2, torch.float64)
+    with torch.no_grad():
+        out, idx = F.max_pool1d(input_tensor(x, dirs, r, torch.float64, ctx), 2, return_indices=True)
+        v = torch.cat([x + r * dirs, x - r * dirs])
+        want, want_idx = F.max_pool1d(v, 2, return_indices=True)
+    assert torch.allclose(out.vertices(), want, rtol=0, atol=1e-15) and torch.equal(idx, want_idx)
+    assert ctx.breaks == {"argmax": 1} and out.bidx.tolist() == [0]
+    # without the moving tie: nothing breaks, and the tied windows keep the first element
+    x2 = x.clone()
+    x2[0, 0, 4] = 2.0
+    ctx = OffsetContext(1, 2, torch.float64)
+    with torch.no_grad():
+        out, idx = F.max_pool1d(input_tensor(x2, dirs, r, torch.float64, ctx), 2, return_indices=True)
+        want, want_idx = F.max_pool1d(torch.cat([x2 + r * dirs, x2 - r * dirs]), 2, return_indices=True)
+    assert torch.allclose(out.vertices(), want, rtol=0, atol=1e-15) and torch.equal(idx, want_idx)
+    assert ctx.breaks == {} and out.s is None and want_idx[:, 0, :2].eq(torch.tensor([0, 2])).all()
+
+
 def test_centre_sign_differs_from_all_vertices():
     """The centre's sign differs from the common sign of all its vertices (no crossing):
     the centre is not the midpoint after a GELU at its minimum.  ReLU must take

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ...ops.absmax_rows import absmax_rows
-from .tensor import OffsetTensor, basis_values, from_pts, merge, split, to_pts
+from .tensor import OffsetTensor, basis_values, from_pts, merge, product_dtype, split, to_pts
 
 __all__ = ["DELTA", "antisym_bound_pts", "bound_pts", "values_at", "newly_broken", "rebuild"]
 
@@ -62,8 +62,9 @@ def s_bound(x: OffsetTensor) -> torch.Tensor:
     E = to_pts(x.s4(), b)
     if x.coef is None:
         return absmax_rows(E, P).to(cd)
-    w = x.coef.narrow(1, 0, P).abs().amax(1, keepdim=True)  # (Nb, 1, K)
-    return torch.bmm(w, E.abs().to(cd))[:, 0]
+    work = product_dtype(E, cd)  # float32 rounding of K <= 32 terms is inside DELTA
+    w = x.coef.narrow(1, 0, P).abs().amax(1, keepdim=True).to(work)  # (Nb, 1, K)
+    return torch.bmm(w, E.abs().to(work))[:, 0].to(cd)
 
 
 def values_at(x: OffsetTensor, pt: torch.Tensor, f: torch.Tensor, c: torch.Tensor):
@@ -142,15 +143,15 @@ def rebuild(x: OffsetTensor, c_out: torch.Tensor, a_out4: torch.Tensor, e_out4: 
         if pt.numel():
             S[q, :, f] = _rows(s_vals, R).to(dt)
         return OffsetTensor(c_out, a, merge(from_pts(S, e_out4.shape, b), b), union, lay, ctx)
-    if (x.s is not None and x.coef is None) or K + M > R:  # dense
-        S = torch.zeros(nu, R, F, dtype=c_out.dtype, device=dev)
+    if (x.s is not None and x.coef is None) or K + M > R:  # dense, in the offsets dtype
+        S = torch.zeros(nu, R, F, dtype=dt, device=dev)
         if x.s is not None:
             e = e_out4 if x.coef is None else basis_values(e_out4, x.coef, b)
-            S[old] = to_pts(e, b).to(S.dtype)
+            S[old] = to_pts(e, b).to(dt)
         if pt.numel():
-            S[q, :, f] = _rows(s_vals, R)
+            S[q, :, f] = _rows(s_vals, R).to(dt)
         shape4[b + 2] = R
-        return OffsetTensor(c_out, a, merge(from_pts(S.to(dt), shape4, b), b), union, lay, ctx)
+        return OffsetTensor(c_out, a, merge(from_pts(S, shape4, b), b), union, lay, ctx)
     coef = x.coef if M == 0 else torch.zeros(nu, R, K + M, dtype=c_out.dtype, device=dev)
     blocks = tuple(x.blocks or ())
     if x.s is not None and nu == x.nb:  # the same points: the mapped basis is written in place
