@@ -16,10 +16,6 @@
 #include <algorithm>
 #include <cstdint>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
 namespace lcfast {
 namespace {
 
@@ -51,28 +47,13 @@ void fill_pairs_portable(uint64_t key, int64_t m0, int64_t m1, float* row, int64
   }
 }
 
-// Asks Linux for transparent huge pages on the (fresh, untouched) output.  Writing the
-// output is first touch: a 78 MB output (1000 x 19,600 values) is a new mmap from glibc
-// on every call (above its 32 MB mmap threshold), and its 19,000 4-KiB page faults cost
-// more than the Gaussians on this VM (AMD EPYC, 2 cores, THP "madvise", Dec 2026,
-// load 4.4: torch.empty + fill_ of 78 MB 80 ms, 27 ms after this madvise; the kernel
-// itself 30 ms).  Advice only (errors ignored; the bits written are the same); applied
-// from kHugeFrom bytes (unmeasured below; a huge page is 2 MiB).
-constexpr int64_t kHugeFrom = int64_t(4) << 20;
-
-void advise_huge_pages(float* p, int64_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  if (bytes < kHugeFrom) return;
-  const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + uintptr_t(bytes)) & ~(kHuge - 1);
-  if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
-#else
-  (void)p;
-  (void)bytes;
-#endif
-}
-
+// No huge-page advice on the output (removed 1 Dec 2026).  madvise(MADV_HUGEPAGE) on the
+// fresh 78 MB output (1000 x 19,600 values) made first touch cheap when free 2 MiB pages
+// were at hand (80 -> 27 ms on an AVX2 EPYC VM at load 4.4), but with THP defrag
+// "madvise" (the kernel default) a fault then compacts memory synchronously once they are
+// not: on a 2-core Zen 5 EPYC, 12 draws of 1,000 x 25 x 784 in a process that grows took
+// 9-20 ms or 91-101 ms (bimodal) with the advice and 20-21 ms every time without it;
+// factored_frames 19-101 ms against 30-32 ms.  A steady 20 ms beats a 100 ms tail.
 using FillPairs = void (*)(uint64_t, int64_t, int64_t, float*, int64_t);
 
 FillPairs pick_fill_pairs() {
@@ -91,7 +72,6 @@ at::Tensor counter_normal_cpu(const at::Tensor& keys, int64_t count) {
   const uint64_t* kp = reinterpret_cast<const uint64_t*>(k.data_ptr<int64_t>());
   float* op = out.data_ptr<float>();
   static const FillPairs fill_pairs = pick_fill_pairs();
-  advise_huge_pages(op, out.numel() * int64_t(sizeof(float)));
   at::parallel_for(0, N * half, kGrainPairs, [&](int64_t begin, int64_t end) {
     for (int64_t q = begin; q < end;) {
       const int64_t p = q / half, m0 = q - p * half;
