@@ -23,23 +23,27 @@ from lcfast.testing import float64_oracle
 from test_offsets_lowp import _oracle
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet18"])
-def test_certified_equals_float64_on_placed_models(name):
-    model, x, dirs = _oracle(name)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    plain_wrong = 0
-    for r in (1e-3, 5e-3):
-        ref = float64_oracle(model, x, radius=r, directions=dirs, dtype=torch.float64).counts
-        for dtype in (torch.bfloat16, torch.float16):
-            plain = offsets_local_complexity(model, x, radius=r, directions=dirs, dtype=dtype)
-            cert = offsets_local_complexity(model, x, radius=r, directions=dirs, dtype=dtype, certified=True)
-            assert torch.equal(cert.counts, ref), (name, r, dtype)
-            plain_wrong += int((plain.counts != ref).any(1).sum())
-            # every point the plain run got wrong was flagged (here: placed models, all are)
-            assert cert.meta["certified_recomputed"] == plain.meta["ambiguous_points"]
-    assert plain_wrong > 0  # low precision alone is off on these models: the check has teeth
-    after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+def test_certified_equals_float64_on_placed_models():
+    plain_wrong = {}
+    for name in ("mlp", "cnn", "resnet18"):
+        model, x, dirs = _oracle(name)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        plain_wrong[name] = 0
+        for r in (1e-3, 5e-3):
+            ref = float64_oracle(model, x, radius=r, directions=dirs, dtype=torch.float64).counts
+            for dtype in (torch.bfloat16, torch.float16):
+                plain = offsets_local_complexity(model, x, radius=r, directions=dirs, dtype=dtype)
+                cert = offsets_local_complexity(model, x, radius=r, directions=dirs, dtype=dtype, certified=True)
+                assert torch.equal(cert.counts, ref), (name, r, dtype)
+                plain_wrong[name] += int((plain.counts != ref).any(1).sum())
+                # every point the plain run got wrong was flagged (here: placed models, all are)
+                assert cert.meta["certified_recomputed"] == plain.meta["ambiguous_points"]
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+    # low precision alone is off on these models (not necessarily on each: since the bf16
+    # input offsets are rounded once, the MLP's plain bf16 counts equal float64's): the check
+    # has teeth
+    assert sum(plain_wrong.values()) > 0, plain_wrong
 
 
 MODELS = {"mlp": (zoo.mlp, (20,), 24), "cnn": (zoo.cnn, (3, 16, 16), 24),
