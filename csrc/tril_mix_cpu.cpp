@@ -16,25 +16,33 @@
 // that chain to 16 / 8 columns per instruction, the column tails and the portable path
 // (no AVX2+FMA, or not x86-64) use std::fma per column: correctly rounded in every case,
 // so every path gives the same bits (tests/test_tril_mix_op.py compares with an
-// independent numpy evaluation of the chain).  Intrinsics rather than LCFAST_CLONES on a
-// plain loop: the speed comes from register tiles (kR rows x 4 vectors of accumulators
-// over the whole q loop, each g[q] vector loaded once for the kR rows), which the
-// compiler does not build from the plain loop.  Error against exact arithmetic: with
+// independent numpy evaluation of the chain; on this machine all three paths were forced
+// in turn and passed it).  Intrinsics rather than LCFAST_CLONES on a plain loop, so that
+// the register tiles are explicit (kR rows x 4 vectors of accumulators held over the whole
+// q loop, each g[q] vector loaded once for the kR rows) instead of left to the vectoriser
+// (a LCFAST_CLONES version was not tried).  Error against exact arithmetic: with
 // gamma = P 2^-24 / (1 - P 2^-24), |out - exact| <= gamma sum_q |t_pq| |g_qd| (the
 // standard bound for a recursive sum of products, an fma rounding once per step).
 //
 // Measured (2-core AMD EPYC Zen 5 with AVX-512, shared VM, 1 Dec 2026; 1,000 x 25 x 784
-// float32; wall time, min / median; one thread): this op on warm buffers 6.0-6.1 / 6.1-6.3
-// ms (load 0.5-2; 11.2 / 11.3 in an interleaved A/B at load 3.2), the AVX2 kernel forced
-// 11.6 / 12.1 (load 2), the portable loop forced 419 / 424 (std::fma is a libm call on
-// baseline x86-64; only machines without AVX2+FMA take it); torch's float32 bmm into a
-// fresh output 44.1-44.7 / 44.2-45.4 (load 0.5-3; the fresh 78 MB's page faults are most
-// of it: clone + this op 38.2 / 38.4).  In lcfast.frames (interleaved A/B in one process,
-// HEAD's frames.py against this one, 7 rounds, load 3.2-3.4): random_frames 109.4 / 161.1
-// ms -> 72.3 / 89.6; factored_frames (no product) 77.7 / 122.8 vs 77.3 / 80.3;
-// FactoredFrames.dense() 44.9 / 46.1 -> 39.6 / 40.8.  The frames' bits are unchanged on
-// this machine: MKL's bmm gave exactly the fma chain's bits for 1,000 x 25 x 784 and 4
-// points of 3x32x32, 3x224x224 and 50 x 25 (BLAS-dependent elsewhere; this op fixes them).
+// float32; wall time, min / median of 5-7 calls).  The op alone, one thread: 6.0-6.4 /
+// 6.1-6.9 ms right after the Gram step (load 0.5-2; 11-12 ms when it follows a bmm that
+// freed 78 MB, interleaved A/B), two threads 3.3-3.4 / 3.9-4.2 (load ~1); forced AVX2
+// kernel 11.6 / 12.1 (load 2), forced portable loop 419 / 424 (std::fma is a libm call on
+// baseline x86-64; only machines without AVX2+FMA take it).  torch's float32 bmm into a
+// fresh output: 42-45 ms one thread, 24.7-26 two; its 19,000 page faults (4 KiB pages,
+// THP 'madvise') are most of it (clone alone 29-32 ms, one thread).  In lcfast.frames,
+// interleaved A/B in one process of the parent commit's frames.py (bmm) and this one, 7
+// rounds, load 0.7-0.9: random_frames 100.6 / 102.6 -> 64.2 / 66.0 ms one thread, 55.6 /
+// 60.0 -> 36.2 / 37.1 two threads (the target is 50); FactoredFrames.dense() 42.3 /
+// 43.2 -> 37.7 / 38.7 and 25.1 / 25.9 -> 23.4 / 24.2 (still a fresh output: a copy of the
+// Gaussians); factored_frames does no product (63-68 / 35-40 ms either way).  At load 2.5-3.4
+// (same A/B): random_frames 109 / 161 -> 72 / 90 one thread, 140 / 141 -> 58 / 90 two.
+// Steps of random_frames now, two threads, load ~0.8: Gaussians 20.4, Gram 5.2, Cholesky
+// and inverse 2.2, this op 3.4, total 40.3 ms (one thread 37.8, 9.6, 4.7, 6.1; 64.7).
+// The frames' bits are unchanged on this machine: MKL's bmm gave exactly the fma chain's
+// bits for 1,000 x 25 x 784 and 4 points of 3x32x32, 3x224x224 and 50 x 25 (that is BLAS-
+// and CPU-dependent; this op fixes the order).
 //
 // Parallel over points (at::parallel_for): one point's rows (25 x 784 floats = 78 KB)
 // stay in L2 while its row blocks sweep them.
