@@ -121,39 +121,39 @@ void point_portable(float* g, const float* t, int64_t P, int64_t D) { point_bloc
 #ifdef LCFAST_TRIL_MIX_X86
 // One macro body for both ISAs: V (vector type), W (lanes), the intrinsics' names.  The
 // tile is NR rows x NV vectors; q runs over 0 .. p0 + NR - 1, row r taking q <= p0 + r.
-#define LCFAST_TRIL_MIX_TILE(V, W, LOAD, STORE, ZERO, FMA, BCAST)                                          \
-  template <int NR, int NV>                                                                                \
-  static inline void tile(float* g, const float* t, int64_t D, int64_t P, int64_t p0, int64_t d) {        \
-    V acc[NR][NV];                                                                                         \
-    _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                                   \
-      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[r][v] = ZERO();                             \
-    for (int64_t q = 0; q <= p0; ++q) { /* every row of the block */                                       \
-      V x[NV];                                                                                             \
-      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) x[v] = LOAD(g + q * D + d + v * W);             \
-      _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                               \
-        const V c = BCAST(t + (p0 + r) * P + q);                                                           \
-        _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[r][v] = FMA(c, x[v], acc[r][v]);          \
-      }                                                                                                    \
-    }                                                                                                      \
-    _Pragma("GCC unroll 4") for (int k = 1; k < NR; ++k) { /* the triangle: q = p0 + k, rows r >= k */      \
-      V x[NV];                                                                                             \
-      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) x[v] = LOAD(g + (p0 + k) * D + d + v * W);      \
-      _Pragma("GCC unroll 4") for (int r = k; r < NR; ++r) {                                               \
-        const V c = BCAST(t + (p0 + r) * P + p0 + k);                                                      \
-        _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[r][v] = FMA(c, x[v], acc[r][v]);          \
-      }                                                                                                    \
-    }                                                                                                      \
-    _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                                   \
-      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) STORE(g + (p0 + r) * D + d + v * W, acc[r][v]); \
-  }                                                                                                        \
-  template <int NR>                                                                                        \
-  struct Block {                                                                                           \
-    static void run(float* g, const float* t, int64_t D, int64_t P, int64_t p0) {                          \
-      int64_t d = 0;                                                                                       \
-      for (; d + 4 * W <= D; d += 4 * W) tile<NR, 4>(g, t, D, P, p0, d);                                   \
-      for (; d + W <= D; d += W) tile<NR, 1>(g, t, D, P, p0, d);                                           \
-      block_scalar<NR>(g, t, D, P, p0, d, D);                                                              \
-    }                                                                                                      \
+#define LCFAST_TRIL_MIX_TILE(ATTR, V, W, LOAD, STORE, ZERO, FMA, BCAST)                                        \
+  template <int NR, int NV>                                                                                    \
+  ATTR static inline void tile(float* g, const float* t, int64_t D, int64_t P, int64_t p0, int64_t d) {        \
+    V acc[NR][NV];                                                                                             \
+    _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                                       \
+      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[r][v] = ZERO();                                 \
+    for (int64_t q = 0; q <= p0; ++q) { /* every row of the block */                                           \
+      V x[NV];                                                                                                 \
+      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) x[v] = LOAD(g + q * D + d + v * W);                 \
+      _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r) {                                                   \
+        const V c = BCAST(t + (p0 + r) * P + q);                                                               \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[r][v] = FMA(c, x[v], acc[r][v]);              \
+      }                                                                                                        \
+    }                                                                                                          \
+    _Pragma("GCC unroll 4") for (int k = 1; k < NR; ++k) { /* the triangle: q = p0 + k, rows r >= k */         \
+      V x[NV];                                                                                                 \
+      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) x[v] = LOAD(g + (p0 + k) * D + d + v * W);          \
+      _Pragma("GCC unroll 4") for (int r = k; r < NR; ++r) {                                                   \
+        const V c = BCAST(t + (p0 + r) * P + p0 + k);                                                          \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[r][v] = FMA(c, x[v], acc[r][v]);              \
+      }                                                                                                        \
+    }                                                                                                          \
+    _Pragma("GCC unroll 4") for (int r = 0; r < NR; ++r)                                                       \
+      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) STORE(g + (p0 + r) * D + d + v * W, acc[r][v]);     \
+  }                                                                                                            \
+  template <int NR>                                                                                            \
+  struct Block {                                                                                               \
+    ATTR static void run(float* g, const float* t, int64_t D, int64_t P, int64_t p0) {                         \
+      int64_t d = 0;                                                                                           \
+      for (; d + 4 * W <= D; d += 4 * W) tile<NR, 4>(g, t, D, P, p0, d);                                       \
+      for (; d + W <= D; d += W) tile<NR, 1>(g, t, D, P, p0, d);                                               \
+      block_scalar<NR>(g, t, D, P, p0, d, D);                                                                  \
+    }                                                                                                          \
   };
 
 #define LCFAST_ISA_FN __attribute__((target("avx2,fma"), always_inline))
@@ -163,11 +163,10 @@ LCFAST_ISA_FN inline void store(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
 LCFAST_ISA_FN inline __m256 zero() { return _mm256_setzero_ps(); }
 LCFAST_ISA_FN inline __m256 fma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
 LCFAST_ISA_FN inline __m256 bcast(const float* p) { return _mm256_broadcast_ss(p); }
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-LCFAST_TRIL_MIX_TILE(__m256, 8, load, store, zero, fma, bcast)
-void point(float* g, const float* t, int64_t P, int64_t D) { point_blocks<Block>(g, t, P, D); }
-#pragma GCC pop_options
+LCFAST_TRIL_MIX_TILE(__attribute__((target("avx2,fma"))), __m256, 8, load, store, zero, fma, bcast)
+__attribute__((target("avx2,fma"))) void point(float* g, const float* t, int64_t P, int64_t D) {
+  point_blocks<Block>(g, t, P, D);
+}
 }  // namespace avx2
 #undef LCFAST_ISA_FN
 
@@ -178,11 +177,10 @@ LCFAST_ISA_FN inline void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
 LCFAST_ISA_FN inline __m512 zero() { return _mm512_setzero_ps(); }
 LCFAST_ISA_FN inline __m512 fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
 LCFAST_ISA_FN inline __m512 bcast(const float* p) { return _mm512_set1_ps(*p); }
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma")
-LCFAST_TRIL_MIX_TILE(__m512, 16, load, store, zero, fma, bcast)
-void point(float* g, const float* t, int64_t P, int64_t D) { point_blocks<Block>(g, t, P, D); }
-#pragma GCC pop_options
+LCFAST_TRIL_MIX_TILE(__attribute__((target("avx512f,avx2,fma"))), __m512, 16, load, store, zero, fma, bcast)
+__attribute__((target("avx512f,avx2,fma"))) void point(float* g, const float* t, int64_t P, int64_t D) {
+  point_blocks<Block>(g, t, P, D);
+}
 }  // namespace avx512
 #undef LCFAST_ISA_FN
 #undef LCFAST_TRIL_MIX_TILE
