@@ -1,11 +1,11 @@
 // Schemas of the lcfast native ops (one TORCH_LIBRARY for the namespace) and the
 // Python module init of lcfast._C.  Kernels: crossing_act_cpu.cpp, counter_normal_cpu.cpp,
-// absmax_rows_cpu.cpp, row_gram_cpu.cpp and chol_inverse_cpu.cpp (CPU),
+// absmax_rows_cpu.cpp, row_gram_cpu.cpp, chol_inverse_cpu.cpp and tril_mix_cpu.cpp (CPU),
 // cuda/crossing_act_cuda.cu, cuda/counter_normal_cuda.cu and cuda/absmax_rows_cuda.cu
-// (CUDA; row_gram and chol_inverse have none).
+// (CUDA; row_gram, chol_inverse and tril_mix_ have none).
 // Fake (meta) implementations are registered from Python (lcfast/ops/native_crossing_act.py,
 // lcfast/frames.py, lcfast/ops/absmax_rows.py, lcfast/ops/row_gram.py,
-// lcfast/ops/chol_inverse.py).  Triton ops of the same namespace are added
+// lcfast/ops/chol_inverse.py, lcfast/ops/tril_mix.py).  Triton ops of the same namespace are added
 // from Python with torch.library.triton_op, which registers a FRAGMENT and coexists
 // with this library in either import order.
 #include <Python.h>
@@ -26,6 +26,8 @@ TORCH_LIBRARY(lcfast, m) {
   m.def("row_gram(Tensor g) -> Tensor");
   // Cholesky factor's inverse of small SPD matrices: (B, P, P) float64 -> (T, info, diag(L))
   m.def("chol_inverse(Tensor a) -> (Tensor, Tensor, Tensor)");
+  // in place: g[b, p] <- sum_{q <= p} t[b, p, q] g[b, q]; g (B, P, D), t (B, P, P) float32 (tril_mix_cpu.cpp)
+  m.def("tril_mix_(Tensor(a!) g, Tensor t) -> ()");
 }
 
 extern "C" PyMODINIT_FUNC PyInit__C(void) {

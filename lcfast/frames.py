@@ -23,7 +23,9 @@ correctly rounded IEEE operations with explicit fma, so they should give the sam
 
 The rows are then orthonormalised by CholeskyQR (:func:`orthonormal_rows`: Gram
 matrices by :func:`lcfast.ops.row_gram.row_gram` (on the CPU float32 fma lanes summed in
-float64, within ~1e-7 of exact; elsewhere float32 ``bmm``), float32 products, ``P x P``
+float64, within ~1e-7 of exact; elsewhere float32 ``bmm``), float32 products ``L^-1 q`` by
+:func:`lcfast.ops.tril_mix.tril_mix_` (on the CPU a float32 fma chain per column, written
+over the Gaussian rows in place; elsewhere ``bmm``; since lcfast-frames-6), ``P x P``
 Cholesky factors in float64; one pass when ``D >= 8 P``, two otherwise): orthonormal to
 about 1e-6 (measured on the CPU, seeds 0-2, since lcfast-frames-4: 9.0e-8 for
 3x224x224 x 25, 1.6e-7 for 784 x 25, 2.0e-7 for 17 x 17; with the float32 ``bmm`` Gram
@@ -50,12 +52,13 @@ import torch
 from . import _extension
 from .ops.chol_inverse import chol_inverse
 from .ops.row_gram import row_gram
+from .ops.tril_mix import tril_mix_
 
 __all__ = ["FRAMES_VERSION", "FactoredFrames", "frame_keys", "counter_normal", "counter_normal_torch", "factorable",
            "factored_frames", "gaussian_frames", "orthonormal_rows", "random_frames", "shared_frame"]
 
-FRAMES_VERSION = ("lcfast-frames-5/splitmix64-counter/box-muller-f32/row-major/choleskyqr-f32-1pass-from-8P"
-                  "/gram-native-f32-blocks-f64/chol-inverse-native")
+FRAMES_VERSION = ("lcfast-frames-6/splitmix64-counter/box-muller-f32/row-major/choleskyqr-f32-1pass-from-8P"
+                  "/gram-native-f32-blocks-f64/chol-inverse-native/tril-mix-native-f32-fma-ascending")
 
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -190,12 +193,42 @@ def _inverse_factor(q: torch.Tensor):
     return T, gram, info != 0, d.amax(-1) > _COND_LIMIT * d.amin(-1)
 
 
+def _orthonormalise(flat: torch.Tensor, own: bool) -> torch.Tensor:
+    """:func:`orthonormal_rows` of ``(B, P, D)`` rows; with ``own`` the caller hands over
+    ``flat`` (contiguous), which is then overwritten where one pass is enough (the
+    product ``L^-1 q`` by :func:`lcfast.ops.tril_mix.tril_mix_` in place, not into a fresh
+    ``B x P x D`` buffer).  The rows of the points that need Householder QR are kept
+    first; with two passes the first product goes to a copy, so ``flat`` stays intact."""
+    P, D = flat.shape[-2:]
+    one = D >= _ONE_PASS * P
+    q, kept = flat, None
+    bad = torch.zeros(flat.shape[0], dtype=torch.bool, device=flat.device)
+    for p in range(1 if one else 2):
+        T, _, failed, ill = _inverse_factor(q)
+        bad |= (failed | ill) if p == 0 else failed
+        if q is flat:
+            if one and own:
+                if bool(bad.any()):
+                    kept = flat[bad.nonzero().squeeze(1)].to(torch.float64)
+            else:
+                q = torch.clone(flat, memory_format=torch.contiguous_format)
+        tril_mix_(q, T.to(q.dtype))
+    if bool(bad.any()):
+        idx = bad.nonzero().squeeze(1)
+        qh, r = torch.linalg.qr((kept if kept is not None else flat[idx].to(torch.float64)).mT, mode="reduced")
+        sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+        sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+        q[idx] = (qh * sign.unsqueeze(-2)).mT.to(q.dtype)
+    return q
+
+
 def orthonormal_rows(a: torch.Tensor) -> torch.Tensor:
     """Rows of ``a`` orthonormalised: ``Q^T`` of ``a^T = QR`` with ``diag(R) > 0``.
 
     CholeskyQR (``L = chol(q q^T)``, ``q <- L^-1 q``), once when ``D >= 8 P`` and twice
     otherwise (:data:`_ONE_PASS`; made for Gaussian rows), with the Gram matrix by
-    :func:`lcfast.ops.row_gram.row_gram`, the product in ``a``'s dtype and the ``P x P``
+    :func:`lcfast.ops.row_gram.row_gram`, the product by :func:`lcfast.ops.tril_mix.tril_mix_`
+    in ``a``'s dtype (on a copy: ``a`` is not modified) and the ``P x P``
     factor and its inverse in float64: batched
     matmuls only.  In float32 orthonormal to ~1e-6 (tests/test_frames.py).  A point
     whose Cholesky factor fails or is too ill-conditioned (:data:`_COND_LIMIT`) gets
@@ -214,20 +247,7 @@ def orthonormal_rows(a: torch.Tensor) -> torch.Tensor:
         True
     """
     P, D = a.shape[-2:]
-    flat = a.reshape(-1, P, D)
-    q = flat
-    bad = torch.zeros(flat.shape[0], dtype=torch.bool, device=a.device)
-    for p in range(1 if D >= _ONE_PASS * P else 2):
-        T, _, failed, ill = _inverse_factor(q)
-        bad |= (failed | ill) if p == 0 else failed
-        q = T.to(q.dtype) @ q
-    if bool(bad.any()):
-        idx = bad.nonzero().squeeze(1)
-        qh, r = torch.linalg.qr(flat[idx].to(torch.float64).mT, mode="reduced")
-        sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
-        sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-        q[idx] = (qh * sign.unsqueeze(-2)).mT.to(q.dtype)
-    return q.reshape(a.shape)
+    return _orthonormalise(a.reshape(-1, P, D), own=False).reshape(a.shape)
 
 
 class FactoredFrames(NamedTuple):
@@ -257,8 +277,9 @@ class FactoredFrames(NamedTuple):
     def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``(n, P, *S)`` the frames in ``dtype`` (computed in float32, then cast)."""
         g = self.gauss
-        q = self.mix @ g.reshape(g.shape[0], g.shape[1], -1)
-        return q.reshape(g.shape).to(dtype)
+        # random_frames' product: the same op (in place on a contiguous copy), the same bits
+        q = torch.clone(g.reshape(g.shape[0], g.shape[1], -1), memory_format=torch.contiguous_format)
+        return tril_mix_(q, self.mix).reshape(g.shape).to(dtype)
 
     def select(self, idx: torch.Tensor) -> "FactoredFrames":
         """The frames of points ``idx`` ``(k,)``."""
@@ -337,7 +358,8 @@ def random_frames(shape, n_dirs: int, seed: int, ids, device=None,
     shape, D = _check(shape, n_dirs, seed)
     n_dirs = int(n_dirs)
     g = gaussian_frames(int(seed), ids, D, n_dirs, device)
-    q = orthonormal_rows(g) if g.shape[0] else g
+    # the Gaussian buffer is ours: mixed in place (no fresh N x P x D output)
+    q = _orthonormalise(g, own=True) if g.shape[0] else g
     return q.reshape(g.shape[0], n_dirs, *shape).to(dtype)
 
 
