@@ -25,12 +25,16 @@ Design, and why:
 * **The screen** (:mod:`.screen`): ReLU, crossing counts and max pooling bound every
   vertex's offset per neuron by one row (``max_p |a_p|`` plus the basis bound) and
   evaluate the ``2P`` vertex values only at the neurons (windows) the bound cannot
-  clear, gathered; everywhere else the op is exact and linear on the parts.
+  clear, gathered; everywhere else the op is exact and linear on the parts.  A max-pool
+  window whose ties are among exact elements (bound 0) is cleared too: pooling breaks
+  ties by scan order at every vertex as at the centre.
   ``LCResult.meta``-ready figures are in ``OffsetsChunkResult.meta``
   (``rows_per_point``, ``symmetric_part`` etc.).
 * **Precision**: ``c`` in float32/float64, ``a``/``s`` in the compute dtype (bf16,
   fp16, fp32, fp64); nonlinear rules evaluate ``f(c + d) - f(c)`` in the centre dtype
-  and keep exact cases exact (ReLU both sides, max-pool argmax unchanged).
+  and keep exact cases exact (ReLU both sides, max-pool argmax unchanged); products with
+  a 16-bit offset operand run in float32 (:func:`.tensor.product_dtype`), and the rounding
+  band (:mod:`.band`) is a float32 scale whatever the centre dtype.
 
 Modules: :mod:`.tensor` (representation), :mod:`.layout` (batch tracking),
 :mod:`.rules` (structural and linear ops), :mod:`.nonlinear` (ReLU, max pool,
