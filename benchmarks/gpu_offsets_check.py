@@ -59,16 +59,19 @@ from lcfast.zoo import build_model  # noqa: E402
 # 32 px.  Options: ``oracle_n`` (float64 on the first k points only; every method's
 # first k rows are checked, totals reported for all), ``methods`` (a subset),
 # ``chunk`` (points per bare forward), ``rounds``.
+_TARGET = dict(oracle_n=16, methods=("bare-f32", "bare-bf16", "auto", "offsets-bf16"), chunk=40, rounds=1)
 CASES = (
+    # issue 10's GPU targets first (the step's budget may not reach the end): ResNet18 224,
+    # 1,000 points, bf16 offsets (the user's dtype=torch.bfloat16 call) <= 0.5 s at r = 5e-3
+    # and <= 0.25 s at r = 1e-4 on an H200
+    ("resnet18-224-1000pts-r5e-3", "resnet18", (3, 224, 224), 1000, 5e-3, _TARGET),
+    ("resnet18-224-1000pts-r1e-4", "resnet18", (3, 224, 224), 1000, 1e-4, _TARGET),
     ("mnist-mlp", "mnist-mlp", (784,), 512, 5e-3, {}),
     ("paper-cnn", "paper-cnn", (3, 32, 32), 128, 5e-3, {}),
     ("resnet18-224-r1e-4", "resnet18", (3, 224, 224), 16, 1e-4, {}),
     ("resnet18-224-r1e-3", "resnet18", (3, 224, 224), 16, 1e-3, {}),
     ("resnet18-224-r5e-3", "resnet18", (3, 224, 224), 16, 5e-3, {}),
     ("vit_b_16-224-r1e-3", "vit_b_16", (3, 224, 224), 4, 1e-3, {}),
-    # issue 10's GPU target: ResNet18 224, 1,000 points, bf16 offsets <= 0.5 s (r = 5e-3)
-    ("resnet18-224-1000pts-r5e-3", "resnet18", (3, 224, 224), 1000, 5e-3,
-     dict(oracle_n=16, methods=("bare-f32", "bare-bf16", "auto", "offsets-bf16"), chunk=40, rounds=1)),
 )
 METHODS = ("bare-f32", "bare-bf16", "reference", "auto", "auto-probe", "offsets-f32", "offsets-f32-drawn",
            "offsets-tf32", "offsets-bf16", "offsets-f16", "offsets-bf16-c64", "naive-bf16")
