@@ -152,6 +152,29 @@ def test_max_pool(case):
 
 
 @SET
+@given(cases(), st.integers(0, 2**31 - 1))
+def test_max_pool_with_ties(case, seed):
+    """Max pooling of values with many exact ties (centres from a few integers, a ReLU's
+    dead zeros, rows whose offsets are exactly zero): values and indices equal pooling the
+    vertices (the rule clears ties among exact elements without evaluating them)."""
+    g = torch.Generator().manual_seed(seed)
+    x = make(case, (2, 6, 6))
+    frozen = torch.rand(2, 6, 6, generator=g, dtype=torch.float64) < 0.5  # elements without offsets
+    with torch.no_grad():
+        c = torch.randint(-2, 3, x.c.shape, generator=g).to(torch.float64)
+        x.c.copy_(c)
+        x.a.masked_fill_(frozen, 0)
+        if x.s is not None:
+            x.s.masked_fill_(frozen, 0)
+        h = torch.relu(x)
+        out, idx = F.max_pool2d(h, 2, return_indices=True)
+        want, want_idx = F.max_pool2d(torch.relu(x.vertices()), 2, return_indices=True)
+    close(out, want)
+    # where a window's maximum is tied at a vertex, both pick the first maximiser in scan order
+    assert torch.equal(idx, want_idx)
+
+
+@SET
 @given(cases())
 def test_smooth_ops(case):
     g = torch.Generator().manual_seed(4)
