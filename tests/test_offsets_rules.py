@@ -101,6 +101,31 @@ def test_conv_bn_pool(case):
         assert (fn(x).s is None) == (x.s is None)
 
 
+@SET
+@given(cases())
+def test_conv_output_used_by_batch_norm_and_again(case):
+    """Batch norm folds its scale into the pending convolution's weight; the convolution's
+    output used again afterwards (and before) is still the plain convolution."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64)
+    mean, var = torch.randn(3, generator=g, dtype=torch.float64), torch.rand(3, generator=g, dtype=torch.float64) + .5
+    gamma, beta = torch.randn(3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+
+    def fn(t):
+        h = F.conv2d(t, w, padding=1)
+        z = F.batch_norm(h, mean, var, gamma, beta, training=False)
+        return torch.cat([z, h, F.batch_norm(F.conv2d(t, w), mean, var, None, None, training=False)[..., :1, :1]
+                          .expand(-1, -1, 6, 6)], 1)
+    x = check_unary(case, (2, 6, 6), fn)
+    with torch.no_grad():
+        h = F.conv2d(x, w, padding=1)
+        assert h.pending is not None  # left pending until its next use
+        z = F.batch_norm(h, mean, var, gamma, beta, training=False)
+        assert h.pending is not None and z.pending is None  # the fold did not compute nor change h
+        close(h, F.conv2d(x.vertices(), w, padding=1))
+        close(z, F.batch_norm(F.conv2d(x.vertices(), w, padding=1), mean, var, gamma, beta, training=False))
+
+
 @pytest.fixture(scope="module")
 def cudnn_bn_on_cpu():
     """``aten::cudnn_batch_norm`` given a CPU kernel for this module's tests: eval-mode

@@ -13,9 +13,8 @@ import torch
 from . import nonlinear as nl
 from .nonlinear import RULES, rule as _rule
 from .layout import align_binary, norm_dim, out_layout, view_sizes
-from .band import BAND_DTYPE, abs_const, bn_band, column_norms, producer_band
+from .band import BAND_DTYPE, abs_const, column_norms, producer_band
 from .tensor import Layout, OffsetTensor, OffsetsError, RowMix, align, lift, mix_rows
-from ...tolerance import BATCH_NORM_WITH_TRAINING_FLAG, unit_roundoff
 
 aten = torch.ops.aten
 __all__ = ["dispatch", "RULES"]
@@ -344,52 +343,6 @@ def _scale(t, k):
     return t if k == 1 else aten.mul.Scalar(t, k)
 
 
-@_rule(aten.convolution.default)
-def _conv(func, args, kwargs):
-    x, w, bias = args[:3]
-    if not isinstance(x, OffsetTensor) or isinstance(w, OffsetTensor) or isinstance(bias, OffsetTensor):
-        return nl.fallback(func, args, kwargs)
-    if x.lay.bdim != 0:
-        raise OffsetsError("convolution input without the vertex batch in dimension 0")
-    ctx = x.ctx
-    c = func(x.c, w, bias, *args[3:], **kwargs)
-    band = producer_band(x, lambda t: func(t, abs_const(x, w), None, *args[3:], **kwargs),
-                         None if bias is None else abs_const(x, bias).reshape(1, -1, *([1] * (c.dim() - 2))))
-    da, ds = _weighted(x, lambda t, wk: func(t, wk, None, *args[3:], **kwargs), ctx.cast(w), c)
-    return _wrap(x, c, da, ds, func, band)
-
-
-def _bn_scale(weight, var, eps, like):
-    s = torch.rsqrt(var.to(torch.float64) + eps)
-    if weight is not None:
-        s = s * weight.to(torch.float64)
-    return s.to(like.dtype).reshape(1, -1, *([1] * (like.dim() - 2)))
-
-
-# the batch-norm ops with a ``training`` flag (lcfast.tolerance keeps the list); on CUDA
-# ``aten.cudnn_batch_norm`` returns (out, mean, invstd, reserve)
-_BN_TRAINING_FLAG = tuple(p.default for p in BATCH_NORM_WITH_TRAINING_FLAG)
-
-
-@_rule(_g("_native_batch_norm_legit_no_training", "default"), *_BN_TRAINING_FLAG)
-def _batch_norm(func, args, kwargs):
-    x, weight, bias, mean, var = args[:5]
-    training = func in _BN_TRAINING_FLAG and (args[5] if len(args) > 5 else kwargs["training"])
-    if training or not isinstance(x, OffsetTensor) or any(isinstance(t, OffsetTensor) for t in args[1:5]):
-        raise OffsetsError("batch norm must run in eval mode on the vertex batch only")
-    if x.lay.bdim != 0:
-        raise OffsetsError("batch norm input without the vertex batch in dimension 0")
-    eps = args[-1] if len(args) > 5 else kwargs.get("eps", 1e-5)
-    out = func(x.c, *args[1:], **kwargs)
-    scale = _bn_scale(weight, var, eps, x.a)
-    a, s = _parts(x, lambda t: t * scale)
-    band = _band(x, lambda t: bn_band(t, _bn_scale(weight, var, eps, t), bias, mean, unit_roundoff(x.c.dtype)))
-    return (x.with_parts(out[0], a, s, band=band), *out[1:])
-
-
-
-
-
 _POOL_SPATIAL = {}
 for _k in (1, 2, 3):
     for _op in (_g(f"avg_pool{_k}d", "default"), _g(f"_adaptive_avg_pool{_k}d", "default"),
@@ -498,3 +451,6 @@ def _dropout(func, args, kwargs):
         raise OffsetsError("dropout in training mode")
     x = args[0]
     return x, torch.ones(x.shape, dtype=torch.bool, device=x.device)
+
+
+from . import conv_bn  # noqa: E402,F401  (registers the convolution and batch-norm rules)

@@ -230,9 +230,34 @@ class OffsetTensor(torch.Tensor):
         return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=c.dtype, device=c.device)
 
     def __init__(self, c, a, s, bidx, layout, ctx, coef=None, blocks=None, scale=1.0):
+        #: ``run(out_scale) -> (a, s)``: the parts not yet computed (:meth:`pending_product`)
+        self.pending = None
         self._set(c, a, s, bidx, layout, ctx, coef, blocks, scale)
         #: centre-shaped rounding band of the values (:mod:`.band`), ``None``: not tracked
         self.band = None
+
+    @classmethod
+    def pending_product(cls, like: "OffsetTensor", c, layout, run) -> "OffsetTensor":
+        """A linear op's output whose parts are computed on first use: ``run(None)`` gives
+        ``(a, s)``; a following per-output-channel scale (batch norm in eval) calls
+        ``run(scale)`` instead and folds it into the weight, saving a pass over the offsets
+        (:mod:`.conv_bn`).  The broken points and basis are ``like``'s."""
+        out = cls.__new__(cls, c, c, None, None, layout, like.ctx)
+        out.c, out.lay, out.ctx, out.bidx, out.coef = c, layout, like.ctx, like.bidx, like.coef
+        out.blocks, out.scale, out.band, out.pending = like.blocks, 1.0, None, run
+        return out
+
+    def _force(self):
+        run, self.pending = self.pending, None
+        a, s = run(None)
+        self._set(self.c, a, s, self.bidx, self.lay, self.ctx, self.coef, self.blocks)
+
+    @property
+    def s(self):
+        """The symmetric part (``None`` while every point is antisymmetric)."""
+        if self.pending is not None:
+            self._force()
+        return self._s
 
     def _set(self, c, a, s, bidx, layout, ctx, coef=None, blocks=None, scale=1.0):
         b = layout.bdim
@@ -252,7 +277,7 @@ class OffsetTensor(torch.Tensor):
                                f"{None if s is None else tuple(s.shape)} disagree with {layout} for N={ctx.n}")
         if scale != 1.0 and s is not None:
             raise OffsetsError("internal: a pending offset scale with a symmetric part")
-        self.c, self._a, self.s, self.bidx, self.lay, self.ctx = c, a, s, bidx, layout, ctx
+        self.c, self._a, self._s, self.bidx, self.lay, self.ctx = c, a, s, bidx, layout, ctx
         self.coef, self.blocks = coef, (None if coef is None else tuple(blocks))
         self.scale = scale
 
@@ -260,6 +285,8 @@ class OffsetTensor(torch.Tensor):
     def a(self) -> torch.Tensor:
         """The antisymmetric part; a pending scale (the radius, while the input's offsets
         are still the unscaled directions) or :class:`RowMix` is applied on first use."""
+        if self.pending is not None:
+            self._force()
         if isinstance(self.scale, RowMix):
             self._a, self.scale = mix_rows(self._a, self.lay, self.ctx.n, self.scale.t), 1.0
             self.ctx.frames_mix = self.ctx.frames_mix or "input"
@@ -271,10 +298,13 @@ class OffsetTensor(torch.Tensor):
         """``(a_unscaled, scale)``: for a linear op that folds the scale into its weight
         (``W (r V) = (r W) V``: the radius never touches the ``N * P * D`` input offsets);
         ``scale`` is a float or a :class:`RowMix`."""
+        if self.pending is not None:
+            self._force()
         return self._a, self.scale
 
     def assign(self, other: "OffsetTensor") -> "OffsetTensor":
         """Become ``other`` (for in-place ops)."""
+        self.pending = None
         self._set(other.c, other.a, other.s, other.bidx, other.lay, other.ctx, other.coef, other.blocks)
         self.band = other.band
         return self
