@@ -186,6 +186,33 @@ def test_max_pool_exact_ties_are_not_switches():
     assert ctx.breaks == {} and out.s is None and want_idx[:, 0, :2].eq(torch.tensor([0, 2])).all()
 
 
+def test_max_pool_indices_materialised_only_when_returned(monkeypatch):
+    """``nn.MaxPool2d``/``F.max_pool2d`` without indices: the rule is told (the vertex batch's
+    int64 indices would be dropped by ATen) and returns a stride-0 placeholder; asked for,
+    the indices are real and equal pooling the vertices."""
+    import torch.nn.functional as F
+    from lcfast.engine.offsets import nonlinear
+    from lcfast.engine.offsets.runner import input_tensor
+    from lcfast.engine.offsets.tensor import OffsetContext
+    seen = []
+    op = torch.ops.aten.max_pool2d_with_indices.default
+    real = nonlinear.RULES[op]
+    monkeypatch.setitem(nonlinear.RULES, op, lambda *a: seen.append(real(*a)[1]) or (real(*a)))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    d = torch.randn(2, 4, 3, 8, 8, generator=g, dtype=torch.float64)
+    for fn in (nn.MaxPool2d(2), lambda t: F.max_pool2d(t, 2), lambda t: torch.max_pool2d(t, 2)):
+        ctx = OffsetContext(2, 4, torch.float64)
+        with torch.no_grad():
+            fn(input_tensor(x, d, 0.1, torch.float64, ctx))
+        assert seen[-1].stride() == (0, 0, 0, 0) and not ctx.pool_indices_unused
+    ctx = OffsetContext(2, 4, torch.float64)
+    with torch.no_grad():
+        _, idx = nn.MaxPool2d(2, return_indices=True)(input_tensor(x, d, 0.1, torch.float64, ctx))
+        v = torch.cat([x[:, None] + 0.1 * d, x[:, None] - 0.1 * d], 1).reshape(-1, 3, 8, 8)
+    assert idx.stride() != (0, 0, 0, 0) and torch.equal(idx, F.max_pool2d(v, 2, return_indices=True)[1])
+
+
 def test_centre_sign_differs_from_all_vertices():
     """The centre's sign differs from the common sign of all its vertices (no crossing):
     the centre is not the midpoint after a GELU at its minimum.  ReLU must take

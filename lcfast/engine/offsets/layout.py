@@ -5,9 +5,9 @@ import math
 
 import torch
 
-from .tensor import Layout, OffsetTensor, OffsetsError, align, lift
+from .tensor import Layout, OffsetTensor, OffsetsError, from_pm, from_pts, merge, split, to_pts
 
-__all__ = ["norm_dim", "out_layout", "view_sizes", "align_binary"]
+__all__ = ["norm_dim", "out_layout", "view_sizes", "align_binary", "align", "lift"]
 
 
 def norm_dim(dim: int, ndim: int) -> int:
@@ -89,3 +89,79 @@ def align_binary(a, b, op):
         raise OffsetsError(f"{op}: operands hold the vertex batch in different places {lays}")
     a, b = align([a, b])
     return a, b, Layout(*lays[0])
+
+
+def lift(t: torch.Tensor, like: OffsetTensor, bdim: int) -> OffsetTensor:
+    """A plain tensor that has the apparent batch size in dimension ``bdim`` (e.g. a
+    class token expanded to the batch): zero offsets when its rows are equal within each
+    point, else its differences to the point's first row."""
+    ctx, lay = like.ctx, like.lay
+    lay_t = Layout(bdim, lay.outer, lay.inner)
+    if t.dim() <= bdim or t.shape[bdim] != lay.outer * ctx.n * 2 * ctx.P * lay.inner:
+        raise OffsetsError(f"a constant of shape {tuple(t.shape)} meets the vertex batch in dimension {bdim}")
+    t4 = split(t, lay_t, ctx.n, 2 * ctx.P).to(like.c.dtype)
+    c4 = t4.narrow(bdim + 2, 0, 1)
+    if bool((t4 == c4).all()):
+        shape = list(c4.shape)
+        shape[bdim + 2] = ctx.R
+        a = torch.zeros(shape, dtype=ctx.dtype, device=t.device)
+        return OffsetTensor(merge(c4, bdim), merge(a, bdim), None, None, lay_t, ctx)
+    d = t4 - c4
+    return from_pm(c4, d.narrow(bdim + 2, 0, ctx.P), d.narrow(bdim + 2, ctx.P, ctx.P), lay_t, ctx)
+
+
+def align(xs: list) -> list:
+    """The tensors with a common set of broken points (the union; zeros added) and a
+    common symmetric basis: the union of their basis blocks (a block two tensors share
+    is one set of columns), or dense when that would exceed ``R`` rows or one is dense."""
+    parts = [x for x in xs if isinstance(x, OffsetTensor)]
+    if all(x.s is None for x in parts):
+        return xs
+    keys = {(None if x.bidx is None else tuple(x.bidx.tolist()), x.blocks, x.coef is None and x.s is not None)
+            for x in parts}
+    if len(keys) == 1:
+        return xs
+    ref = parts[0]
+    ctx, dev = ref.ctx, ref.a.device
+    union = torch.unique(torch.cat([x.bidx for x in parts if x.bidx is not None]))
+    nu = union.numel()
+    blocks: dict = {}
+    for x in parts:
+        for bid, k in (x.blocks or ()):
+            blocks.setdefault(bid, k)
+    dense = any(x.s is not None and x.coef is None for x in parts) or sum(blocks.values()) > ctx.R
+    K = ctx.R if dense else sum(blocks.values())
+    offset, at = {}, 0
+    for bid, k in blocks.items():
+        offset[bid] = at
+        at += k
+    coef = None if dense else torch.zeros(nu, ctx.R, K, dtype=next(x.coef for x in parts if x.coef is not None).dtype,
+                                           device=dev)
+    filled = set()
+    out = []
+    for x in xs:
+        if not isinstance(x, OffsetTensor):
+            out.append(x)
+            continue
+        b = x.lay.bdim
+        shape4 = list(x.a4().shape)
+        shape4[b + 1], shape4[b + 2] = nu, K
+        T = torch.zeros(nu, K, math.prod(shape4) // (nu * K), dtype=x.a.dtype, device=dev)
+        if x.s is not None:
+            pos = torch.searchsorted(union, x.bidx)
+            if dense:
+                T[pos] = to_pts(x.s_dense4(x.a.dtype), b)
+            else:
+                cols, poff = [], 0
+                for bid, k in x.blocks:
+                    cols += range(offset[bid], offset[bid] + k)
+                    if bid not in filled:
+                        coef[pos, :, offset[bid]:offset[bid] + k] = x.coef[:, :, poff:poff + k]
+                        filled.add(bid)
+                    poff += k
+                T[pos[:, None], torch.tensor(cols, device=dev)[None, :]] = to_pts(x.s4(), b)
+        s = merge(from_pts(T, shape4, b), b)
+        o = OffsetTensor(x.c, x.a, s, union, x.lay, x.ctx, coef, None if dense else tuple(blocks.items()))
+        o.band = x.band
+        out.append(o)
+    return out

@@ -12,9 +12,9 @@ import torch
 
 from . import nonlinear as nl
 from .nonlinear import RULES, rule as _rule
-from .layout import align_binary, norm_dim, out_layout, view_sizes
+from .layout import align, align_binary, lift, norm_dim, out_layout, view_sizes
 from .band import BAND_DTYPE, abs_const, column_norms, producer_band
-from .tensor import Layout, OffsetTensor, OffsetsError, RowMix, align, lift, mix_rows
+from .tensor import Layout, OffsetTensor, OffsetsError, RowMix, mix_rows
 
 aten = torch.ops.aten
 __all__ = ["dispatch", "RULES"]

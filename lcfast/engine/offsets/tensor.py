@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["Layout", "OffsetContext", "OffsetTensor", "OffsetsError", "RowMix", "split", "merge", "lift", "to_pts",
+__all__ = ["Layout", "OffsetContext", "OffsetTensor", "OffsetsError", "RowMix", "split", "merge", "to_pts",
            "from_pts", "mix_rows"]
 
 
@@ -108,6 +108,8 @@ class OffsetContext:
         #: where a pending :class:`RowMix` (factored frames) was applied: ``"input"`` or
         #: ``"output of the first linear op"`` (``None``: none was pending)
         self.frames_mix: str | None = None
+        #: set while a pooling call that returns no indices runs (:meth:`OffsetTensor.__torch_function__`)
+        self.pool_indices_unused = False
         self._blocks = 0
 
     def new_block(self) -> int:
@@ -221,7 +223,24 @@ class OffsetTensor(torch.Tensor):
     of ``N`` points, seen by the model as the ``N * 2P``-vertex batch (module docstring).
     """
 
-    __torch_function__ = torch._C._disabled_torch_function_impl
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        """As ``torch._C._disabled_torch_function_impl``, and a max pooling that returns no
+        indices (``torch.max_pool2d``, ``F.max_pool2d(return_indices=False)``, ...) tells the
+        max-pool rule so: its ATen op must still return the vertex batch's int64 indices,
+        which nobody reads then (ResNet18 224 px, 2 points: 2 x 50 x 200,704, ~54 ms)."""
+        kwargs = kwargs or {}
+        ctx = args[0].ctx if args and isinstance(args[0], OffsetTensor) else None
+        unused = ctx is not None and func in _POOLS and not (
+            kwargs.get("return_indices", False) or (len(args) > _POOLS[func] and args[_POOLS[func]]))
+        with torch._C.DisableTorchFunctionSubclass():
+            if not unused:
+                return func(*args, **kwargs)
+            ctx.pool_indices_unused = True
+            try:
+                return func(*args, **kwargs)
+            finally:
+                ctx.pool_indices_unused = False
 
     @staticmethod
     def __new__(cls, c, a, s, bidx, layout: Layout, ctx: OffsetContext, coef=None, blocks=None, scale=1.0):
@@ -416,82 +435,12 @@ def from_pm(c4: torch.Tensor, op4: torch.Tensor, om4: torch.Tensor, layout: Layo
     return OffsetTensor(merge(c4, b), merge(a, b), merge(s, b), bidx, layout, ctx)
 
 
-def lift(t: torch.Tensor, like: OffsetTensor, bdim: int) -> OffsetTensor:
-    """A plain tensor that has the apparent batch size in dimension ``bdim`` (e.g. a
-    class token expanded to the batch): zero offsets when its rows are equal within each
-    point, else its differences to the point's first row."""
-    ctx, lay = like.ctx, like.lay
-    lay_t = Layout(bdim, lay.outer, lay.inner)
-    if t.dim() <= bdim or t.shape[bdim] != lay.outer * ctx.n * 2 * ctx.P * lay.inner:
-        raise OffsetsError(f"a constant of shape {tuple(t.shape)} meets the vertex batch in dimension {bdim}")
-    t4 = split(t, lay_t, ctx.n, 2 * ctx.P).to(like.c.dtype)
-    c4 = t4.narrow(bdim + 2, 0, 1)
-    if bool((t4 == c4).all()):
-        shape = list(c4.shape)
-        shape[bdim + 2] = ctx.R
-        a = torch.zeros(shape, dtype=ctx.dtype, device=t.device)
-        return OffsetTensor(merge(c4, bdim), merge(a, bdim), None, None, lay_t, ctx)
-    d = t4 - c4
-    return from_pm(c4, d.narrow(bdim + 2, 0, ctx.P), d.narrow(bdim + 2, ctx.P, ctx.P), lay_t, ctx)
-
-
-def align(xs: list) -> list:
-    """The tensors with a common set of broken points (the union; zeros added) and a
-    common symmetric basis: the union of their basis blocks (a block two tensors share
-    is one set of columns), or dense when that would exceed ``R`` rows or one is dense."""
-    parts = [x for x in xs if isinstance(x, OffsetTensor)]
-    if all(x.s is None for x in parts):
-        return xs
-    keys = {(None if x.bidx is None else tuple(x.bidx.tolist()), x.blocks, x.coef is None and x.s is not None)
-            for x in parts}
-    if len(keys) == 1:
-        return xs
-    ref = parts[0]
-    ctx, dev = ref.ctx, ref.a.device
-    union = torch.unique(torch.cat([x.bidx for x in parts if x.bidx is not None]))
-    nu = union.numel()
-    blocks: dict = {}
-    for x in parts:
-        for bid, k in (x.blocks or ()):
-            blocks.setdefault(bid, k)
-    dense = any(x.s is not None and x.coef is None for x in parts) or sum(blocks.values()) > ctx.R
-    K = ctx.R if dense else sum(blocks.values())
-    offset, at = {}, 0
-    for bid, k in blocks.items():
-        offset[bid] = at
-        at += k
-    coef = None if dense else torch.zeros(nu, ctx.R, K, dtype=next(x.coef for x in parts if x.coef is not None).dtype,
-                                           device=dev)
-    filled = set()
-    out = []
-    for x in xs:
-        if not isinstance(x, OffsetTensor):
-            out.append(x)
-            continue
-        b = x.lay.bdim
-        shape4 = list(x.a4().shape)
-        shape4[b + 1], shape4[b + 2] = nu, K
-        T = torch.zeros(nu, K, math.prod(shape4) // (nu * K), dtype=x.a.dtype, device=dev)
-        if x.s is not None:
-            pos = torch.searchsorted(union, x.bidx)
-            if dense:
-                T[pos] = to_pts(x.s_dense4(x.a.dtype), b)
-            else:
-                cols, poff = [], 0
-                for bid, k in x.blocks:
-                    cols += range(offset[bid], offset[bid] + k)
-                    if bid not in filled:
-                        coef[pos, :, offset[bid]:offset[bid] + k] = x.coef[:, :, poff:poff + k]
-                        filled.add(bid)
-                    poff += k
-                T[pos[:, None], torch.tensor(cols, device=dev)[None, :]] = to_pts(x.s4(), b)
-        s = merge(from_pts(T, shape4, b), b)
-        o = OffsetTensor(x.c, x.a, s, union, x.lay, x.ctx, coef, None if dense else tuple(blocks.items()))
-        o.band = x.band
-        out.append(o)
-    return out
-
-
 def rows_per_point(ctx: OffsetContext) -> float:
     """Mean rows per point and offset op (``1 + P`` antisymmetric, ``1 + 2P`` not)."""
     return ctx.row_work / ctx.ops if ctx.ops else 1.0 + ctx.P
+
+
+# max poolings whose result holds no indices: position of ``return_indices`` (F.*), or
+# never (torch.max_pool*d return values only)
+_POOLS = {getattr(torch, f"max_pool{k}d"): 1 << 30 for k in (1, 2, 3)}
+_POOLS.update({getattr(torch.nn.functional, f"max_pool{k}d"): 6 for k in (1, 2, 3)})
