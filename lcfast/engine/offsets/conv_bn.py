@@ -67,8 +67,9 @@ def _bn_scale64(weight, var, eps) -> torch.Tensor:
     return s if weight is None else s * weight.to(torch.float64)
 
 
-def _bn_scale(weight, var, eps, like):
-    return _bn_scale64(weight, var, eps).to(like.dtype).reshape(1, -1, *([1] * (like.dim() - 2)))
+def _bn_scale(s64, like):
+    """The per-channel scale ``s64`` ``(C,)`` in ``like``'s dtype, broadcastable to it."""
+    return s64.to(like.dtype).reshape(1, -1, *([1] * (like.dim() - 2)))
 
 
 # the batch-norm ops with a ``training`` flag (lcfast.tolerance keeps the list); on CUDA
@@ -86,12 +87,13 @@ def _batch_norm(func, args, kwargs):
         raise OffsetsError("batch norm input without the vertex batch in dimension 0")
     eps = args[-1] if len(args) > 5 else kwargs.get("eps", 1e-5)
     out = func(x.c, *args[1:], **kwargs)
-    band = _band(x, lambda t: bn_band(t, _bn_scale(weight, var, eps, t), bias, mean, unit_roundoff(x.c.dtype)))
+    s64 = _bn_scale64(weight, var, eps)
+    band = _band(x, lambda t: bn_band(t, _bn_scale(s64, t), bias, mean, unit_roundoff(x.c.dtype)))
     if x.pending is not None:  # a convolution's offsets: the scale goes into its weight
-        a, s = x.pending(_bn_scale64(weight, var, eps))
+        a, s = x.pending(s64)
         res = x.with_parts(out[0], a, s, band=band)
         x.ctx.count_op(res)
         return (res, *out[1:])
-    scale = _bn_scale(weight, var, eps, x.a)
+    scale = _bn_scale(s64, x.a)
     a, s = _parts(x, lambda t: t * scale)
     return (x.with_parts(out[0], a, s, band=band), *out[1:])

@@ -266,6 +266,7 @@ def max_pool(func, args, kwargs):
     o_v = vmax[bad] - co[:, None]
     op, om = o_v[:, :P], o_v[:, P:]
     out = rebuild(x, c_out, split(a_out, lay, n, R), e_out4, lay, pb, fb, (op - om) * 0.5, (op + om) * 0.5)
+    # the band: a window's value is one of its elements', so the largest band of them
     band = None if x.band is None else func(x.band, *args[1:], **kwargs)[0]
     if ctx.pool_indices_unused:  # the caller drops the indices (OffsetTensor.__torch_function__)
         return with_band(out, band), torch.zeros((), dtype=torch.long, device=c_out.device).expand(
@@ -278,7 +279,6 @@ def max_pool(func, args, kwargs):
         iv = to_pts(iv4, 0).clone()
         iv[pt, :, gch * lout + o] = chosen
         iv4 = from_pts(iv, iv4.shape, 0)
-    # the band: a window's value is one of its elements', so the largest band of them
     return with_band(out, band), merge(iv4, 0).reshape(-1, *out_shape)
 
 

@@ -230,12 +230,13 @@ class OffsetTensor(torch.Tensor):
         max-pool rule so: its ATen op must still return the vertex batch's int64 indices,
         which nobody reads then (ResNet18 224 px, 2 points: 2 x 50 x 200,704, ~54 ms)."""
         kwargs = kwargs or {}
-        ctx = args[0].ctx if args and isinstance(args[0], OffsetTensor) else None
-        unused = ctx is not None and func in _POOLS and not (
-            kwargs.get("return_indices", False) or (len(args) > _POOLS[func] and args[_POOLS[func]]))
+        pos = _POOLS.get(func, -1)  # -1: not a max pooling (the common case, checked first)
+        unused = pos != -1 and args and isinstance(args[0], OffsetTensor) and not (
+            kwargs.get("return_indices", False) or (pos is not None and len(args) > pos and args[pos]))
         with torch._C.DisableTorchFunctionSubclass():
             if not unused:
                 return func(*args, **kwargs)
+            ctx = args[0].ctx
             ctx.pool_indices_unused = True
             try:
                 return func(*args, **kwargs)
@@ -440,7 +441,7 @@ def rows_per_point(ctx: OffsetContext) -> float:
     return ctx.row_work / ctx.ops if ctx.ops else 1.0 + ctx.P
 
 
-# max poolings whose result holds no indices: position of ``return_indices`` (F.*), or
-# never (torch.max_pool*d return values only)
-_POOLS = {getattr(torch, f"max_pool{k}d"): 1 << 30 for k in (1, 2, 3)}
+# max poolings -> position of their ``return_indices`` argument (F.*), or ``None``: they
+# never return indices (torch.max_pool*d)
+_POOLS = {getattr(torch, f"max_pool{k}d"): None for k in (1, 2, 3)}
 _POOLS.update({getattr(torch.nn.functional, f"max_pool{k}d"): 6 for k in (1, 2, 3)})
