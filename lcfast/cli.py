@@ -157,7 +157,7 @@ def _process_group(device_arg: str | None):
     # exception": the thread's GIL acquire exits it inside a destructor; gdb on a core,
     # torch 2.14.1; upstream: pytorch PR #179291).  Measured on the 2-core VM, 2 gloo ranks
     # under torchrun at nice 19 beside other work: 4 of 25 launches failed (with a barrier
-    # before the teardown still 2 of 18, and 1 of 11).  Here the rank's results are
+    # before the teardown still 2 of 25, and 1 of 11).  Here the rank's results are
     # written and closed.  (After an exception the process fails anyway: normal exit.)
     sys.stdout.flush()
     sys.stderr.flush()
